@@ -1,0 +1,66 @@
+# mailgate - one Makefile.
+#
+#   make            build bin/mailgate
+#   make test       install missing deps, build, run unit + end-to-end tests
+#   make run        install missing deps, build, start local redis + capture SMTP, run the gateway
+#   make asan       build with AddressSanitizer + UBSan into build/asan and run all tests with it
+#   make unit       unit tests only;  make e2e  end-to-end tests only
+#
+# Every module folder's *.c is compiled; gateway/main.c holds main().
+CC       ?= cc
+BUILD    ?= build
+BIN      ?= bin
+PYTHON   := /usr/bin/python3
+PKGS     := libmicrohttpd jansson hiredis libssl libcrypto libcurl libidn2
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
+            -fno-strict-aliasing -pthread -I. $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread -lm
+
+MODULES  := common templates queue smtp gateway
+SRCS     := $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
+OBJS     := $(patsubst %.c,$(BUILD)/%.o,$(SRCS))
+LIBOBJS  := $(filter-out $(BUILD)/gateway/main.o,$(OBJS))
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
+
+.PHONY: all deps test unit e2e run asan clean fuzz bench
+all: $(BIN)/mailgate
+
+$(BIN)/mailgate: $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LIBOBJS) $(LDLIBS) -lcmocka
+
+-include $(OBJS:.o=.d)
+
+deps:
+	@./scripts/deps.sh
+
+unit: $(UNIT_BINS)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; MUSTACHE_SPEC_DIR=../shared/data/mustache-spec $$t; done
+
+e2e: $(BIN)/mailgate
+	MAILGATE_BIN=$(abspath $(BIN)/mailgate) $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e
+
+test: deps
+	@$(MAKE) --no-print-directory all unit
+	@$(MAKE) --no-print-directory e2e
+
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build/asan BIN=build/asan/bin \
+	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	    LDLIBS="-fsanitize=address,undefined" all unit e2e
+
+run: deps all
+	@./scripts/run.sh
+
+clean:
+	rm -rf $(BUILD) $(BIN)
