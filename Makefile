@@ -12,32 +12,43 @@ BUILD    ?= build
 BIN      ?= bin
 PYTHON   := /usr/bin/python3
 PKGS     := libmicrohttpd jansson hiredis libssl libcrypto libcurl libidn2
-CFLAGS   ?= -O2 -g
-CFLAGS   += -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
+OPT      ?= -O2 -g
+SAN      ?=
+CFLAGS   := $(OPT) $(SAN) -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
             -fno-strict-aliasing -pthread -I. $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread -lm
+LDLIBS   := $(SAN) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread -lm
 
 MODULES  := common templates queue smtp gateway
 SRCS     := $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
 OBJS     := $(patsubst %.c,$(BUILD)/%.o,$(SRCS))
-LIBOBJS  := $(filter-out $(BUILD)/gateway/main.o,$(OBJS))
+MAINOBJ  := $(BUILD)/gateway/main.o
+# One static archive per module, linked in dependency order, so a unit test
+# pulls in only the objects it needs.
+ARCHIVES := $(foreach m,gateway smtp queue templates common,$(if $(filter-out gateway/main.c,$(wildcard $(m)/*.c)),$(BUILD)/lib$(m).a))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
 .PHONY: all deps test unit e2e run asan clean fuzz bench
 all: $(BIN)/mailgate
 
-$(BIN)/mailgate: $(OBJS)
+$(BIN)/mailgate: $(MAINOBJ) $(ARCHIVES)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $(MAINOBJ) $(ARCHIVES) $(LDLIBS)
+
+define archive_rule
+$(BUILD)/lib$(1).a: $(filter-out $(MAINOBJ),$(patsubst %.c,$(BUILD)/%.o,$(wildcard $(1)/*.c)))
+	@mkdir -p $$(dir $$@)
+	rm -f $$@; ar rcs $$@ $$^
+endef
+$(foreach m,$(MODULES),$(eval $(call archive_rule,$(m))))
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS)
+$(BUILD)/tests/%: tests/unit/%.c $(ARCHIVES)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $< $(LIBOBJS) $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) -o $@ $< $(ARCHIVES) $(LDLIBS) -lcmocka
 
 -include $(OBJS:.o=.d)
 
@@ -55,9 +66,9 @@ test: deps
 	@$(MAKE) --no-print-directory e2e
 
 asan: deps
-	@$(MAKE) --no-print-directory BUILD=build/asan BIN=build/asan/bin \
-	    CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	    LDLIBS="-fsanitize=address,undefined" all unit e2e
+	@$(MAKE) --no-print-directory BUILD=build/asan BIN=build/asan/bin OPT="-O1 -g" \
+	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	    all unit e2e
 
 run: deps all
 	@./scripts/run.sh

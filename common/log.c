@@ -1,0 +1,82 @@
+/*
+ * log.c - structured JSON log lines (see log.h).
+ */
+#include "common/log.h"
+#include "common/buf.h"
+#include "common/util.h"
+
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+
+static enum log_level log_min = LOG_INFO;
+static const char *log_names[] = {"debug", "info", "warn", "error"};
+
+void log_set_level(enum log_level level)
+{
+    log_min = level;
+}
+
+int log_parse_level(const char *s, enum log_level *out)
+{
+    for (int i = 0; i < 4; i++)
+        if (strcmp(s, log_names[i]) == 0) {
+            *out = (enum log_level)i;
+            return 0;
+        }
+    return -1;
+}
+
+/* log_quote - append s as a JSON string, capped and without control bytes. */
+static void log_quote(struct buf *b, const char *s)
+{
+    size_t n = 0;
+    buf_putc(b, '"');
+    for (; *s && n < LOG_VALUE_MAX; s++, n++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            buf_putc(b, '\\');
+            buf_putc(b, (char)c);
+        } else if (c < 0x20 || c == 0x7f) {
+            buf_putc(b, ' ');
+        } else {
+            buf_putc(b, (char)c);
+        }
+    }
+    if (*s)
+        buf_puts(b, "...");
+    buf_putc(b, '"');
+}
+
+void log_kv(enum log_level level, const char *event, ...)
+{
+    if (level < log_min)
+        return;
+    struct buf b;
+    char ts[40];
+    buf_init(&b, 64 * 1024);
+    util_rfc3339(util_now_ms(), ts, sizeof(ts));
+    buf_printf(&b, "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":", ts, log_names[level]);
+    log_quote(&b, event);
+    va_list ap;
+    va_start(ap, event);
+    for (;;) {
+        const char *k = va_arg(ap, const char *);
+        if (!k)
+            break;
+        const char *v = va_arg(ap, const char *);
+        if (!v)
+            continue;
+        buf_putc(&b, ',');
+        log_quote(&b, k);
+        buf_putc(&b, ':');
+        log_quote(&b, v);
+    }
+    va_end(ap);
+    buf_puts(&b, "}\n");
+    if (b.data) {
+        ssize_t w = write(STDERR_FILENO, b.data, b.len);
+        (void)w;
+    }
+    buf_free(&b);
+}

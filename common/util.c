@@ -1,0 +1,213 @@
+/*
+ * util.c - time, ids, hashing (see util.h).
+ */
+#include "common/util.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+int64_t util_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t util_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+char *util_rfc3339(int64_t ms, char *out, size_t outlen)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    return out;
+}
+
+static int util_digits(const char **p, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++, (*p)++) {
+        if (!isdigit((unsigned char)**p))
+            return -1;
+        v = v * 10 + (**p - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+int util_parse_rfc3339(const char *s, int64_t *ms)
+{
+    int Y, M, D, h, m, sec, frac = 0;
+    const char *p = s;
+    if (util_digits(&p, 4, &Y) || *p++ != '-' || util_digits(&p, 2, &M) || *p++ != '-' ||
+        util_digits(&p, 2, &D) || (*p != 'T' && *p != 't' && *p != ' '))
+        return -1;
+    p++;
+    if (util_digits(&p, 2, &h) || *p++ != ':' || util_digits(&p, 2, &m) || *p++ != ':' ||
+        util_digits(&p, 2, &sec))
+        return -1;
+    if (*p == '.') {
+        p++;
+        int nd = 0;
+        while (isdigit((unsigned char)*p)) {
+            if (nd < 3)
+                frac = frac * 10 + (*p - '0');
+            nd++;
+            p++;
+        }
+        if (nd == 0)
+            return -1;
+        for (; nd < 3; nd++)
+            frac *= 10;
+    }
+    int off = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int sign = *p == '-' ? -1 : 1, oh, om;
+        p++;
+        if (util_digits(&p, 2, &oh) || *p++ != ':' || util_digits(&p, 2, &om))
+            return -1;
+        off = sign * (oh * 60 + om);
+    } else {
+        return -1;
+    }
+    if (*p || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60)
+        return -1;
+    struct tm tm = {.tm_year = Y - 1900, .tm_mon = M - 1, .tm_mday = D,
+                    .tm_hour = h, .tm_min = m, .tm_sec = sec};
+    time_t t = timegm(&tm);
+    *ms = ((int64_t)t - (int64_t)off * 60) * 1000 + frac;
+    return 0;
+}
+
+int util_random_bytes(void *p, size_t n)
+{
+    unsigned char *c = p;
+    while (n) {
+        ssize_t r = getrandom(c, n, 0);
+        if (r < 0)
+            return -1;
+        c += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+void util_hex(const void *p, size_t n, char *out)
+{
+    static const char hx[] = "0123456789abcdef";
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hx[c[i] >> 4];
+        out[2 * i + 1] = hx[c[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+void util_new_id(char out[33])
+{
+    unsigned char r[10];
+    util_random_bytes(r, sizeof(r));
+    snprintf(out, 13, "%012llx", (unsigned long long)util_now_ms() & 0xffffffffffffULL);
+    util_hex(r, sizeof(r), out + 12);
+}
+
+void util_sha256_hex(const void *p, size_t n, char out[65])
+{
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    EVP_Digest(p, n, md, &mdlen, EVP_sha256(), NULL);
+    util_hex(md, 32, out);
+}
+
+int util_ct_equal(const void *a, const void *b, size_t n)
+{
+    return CRYPTO_memcmp(a, b, n) == 0;
+}
+
+int util_parse_duration(const char *s, int64_t *ms)
+{
+    char *end;
+    if (!s || !isdigit((unsigned char)*s))
+        return -1;
+    long long v = strtoll(s, &end, 10);
+    long long mult = 1000;
+    if (*end == 's')
+        end++;
+    else if (*end == 'm')
+        mult = 60000, end++;
+    else if (*end == 'h')
+        mult = 3600000, end++;
+    else if (*end == 'd')
+        mult = 86400000, end++;
+    if (*end || v < 0 || v > 3650LL * 86400)
+        return -1;
+    *ms = v * mult;
+    return 0;
+}
+
+int util_has_crlf(const char *s)
+{
+    return strpbrk(s, "\r\n") != NULL;
+}
+
+int util_utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s, *e = p + n;
+    while (p < e) {
+        unsigned c = *p;
+        size_t k;
+        unsigned min;
+        if (c == 0)
+            return 0;
+        if (c < 0x80) {
+            p++;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            k = 1, min = 0x80, c &= 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            k = 2, min = 0x800, c &= 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            k = 3, min = 0x10000, c &= 0x07;
+        } else {
+            return 0;
+        }
+        if ((size_t)(e - p) <= k)
+            return 0;
+        for (size_t i = 1; i <= k; i++) {
+            if ((p[i] & 0xc0) != 0x80)
+                return 0;
+            c = (c << 6) | (p[i] & 0x3f);
+        }
+        if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+            return 0;
+        p += k + 1;
+    }
+    return 1;
+}
+
+size_t util_strlcpy(char *dst, const char *src, size_t size)
+{
+    size_t n = strlen(src);
+    if (size) {
+        size_t k = n < size - 1 ? n : size - 1;
+        memcpy(dst, src, k);
+        dst[k] = '\0';
+    }
+    return n;
+}
