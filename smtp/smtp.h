@@ -10,6 +10,10 @@
  * Ownership: smtp_session_new copies nothing from the relay, which must
  * outlive the session. Transaction structs belong to the caller.
  *
+ * TLS (OpenSSL) runs over the same fd: STARTTLS for smtp:// unless
+ * tls=none, implicit for smtps://; SIGPIPE from a TLS write is blocked in
+ * the writing thread, so callers need no process-wide setting.
+ *
  * SECURITY: relay passwords never reach a log line. Text a server sent is
  * capped at SMTP_REPLY_TEXT_MAX and stripped of control bytes before it is
  * stored or logged. Envelope addresses with CR/LF are refused before any
@@ -145,7 +149,15 @@ int smtp_session_is_open(const struct smtp_session *s);
  * order (RFC 2920 §3.1). Opens the session first when needed. Fills every
  * t->rcpts[i] with the reply (or local cause) that decided it. After a
  * failed transaction on a live connection it sends RSET. Returns 0 when
- * the connection is still usable, -1 when it was closed. */
+ * the connection is still usable, -1 when it was closed.
+ * Refused before anything is written, with SMTP_LOCAL_BAD_ADDRESS: a
+ * recipient whose address has CR, LF, '<', '>' or another control byte or
+ * is longer than 254 bytes; every recipient when mail_from is such an
+ * address or there are more than SMTP_RCPTS_MAX. When no recipient is left
+ * to send, nothing is written and 0 is returned. An idle connection the
+ * server closed (or spoke on unasked, e.g. a 421) is replaced silently.
+ * Adds SIZE=, BODY=8BITMIME and SMTPUTF8 to MAIL when advertised and
+ * relevant. */
 int smtp_session_send(struct smtp_session *s, struct smtp_txn *t);
 
 /* smtp_session_quit - send QUIT (best effort, short timeout) and close. */
@@ -166,11 +178,14 @@ enum smtp_verdict { SMTP_DELIVERED, SMTP_DEFER, SMTP_BOUNCE };
 
 /* smtp_verdict_of - the one place that turns what happened to a recipient
  * into delivered, retry later or bounce (RFC 5321 §4.2.1: 2yz ok, 4yz
- * transient, 5yz permanent; local failures are transient). */
+ * transient, 5yz permanent; local failures are transient). 2yz counts only
+ * at SMTP_STAGE_DOT; any reply at SMTP_STAGE_CONNECT (greeting, EHLO,
+ * STARTTLS, AUTH) defers; 552 to RCPT and 530/535/5.7.0 to MAIL defer. */
 enum smtp_verdict smtp_verdict_of(const struct smtp_rcpt *r);
 
 /* smtp_local_reason - short stable name of a local cause ("timeout",
- * "connection_lost", ...), for events and logs. */
+ * "connection_lost", "connect_failed", "protocol_error", "tls_failed",
+ * "bad_address"), for events and logs. */
 const char *smtp_local_reason(enum smtp_local l);
 
 #endif

@@ -30,6 +30,9 @@
 #define MIME_LINE_SOFT 78          /* RFC 5322 §2.1.1 SHOULD */
 #define MIME_LINE_HARD 998         /* RFC 5322 §2.1.1 MUST */
 #define MIME_QP_LINE 76            /* RFC 2045 §6.7 rule 5 */
+#define MIME_ADDR_LIST_MAX 1000    /* mailboxes in one list: bounds parser growth */
+#define MIME_COMMENT_DEPTH_MAX 16  /* nesting of (comments) accepted by the parser */
+#define MIME_FIELD_NAME_MAX 76     /* octets of a header field name: "Name: " fits in 78 */
 
 /* One mailbox. email is the addr-spec "local@domain" (UTF-8 allowed, RFC
  * 6532); name is the display name as UTF-8 text, unquoted, or NULL. */
@@ -71,7 +74,8 @@ void mime_addr_list_free(struct mime_addr_list *l);
 
 /* mime_format_addr - append a as it appears in a header: the display name
  * as an atom phrase, a quoted-string (escaping " and \) or, when it is
- * not ASCII, RFC 2047 encoded-words; then " <email>". A bare "email" when
+ * not ASCII, RFC 2047 encoded-words (plain ASCII words of such a name stay
+ * atoms between them); then " <email>". A bare "email" when
  * there is no name. col is the current column (for folding); it is updated.
  * Returns 0 or -1 when out is full. */
 int mime_format_addr(const struct mime_addr *a, struct buf *out, size_t *col);
@@ -84,10 +88,12 @@ int mime_format_addr(const struct mime_addr *a, struct buf *out, size_t *col);
 int mime_encode_words(const char *utf8, size_t len, struct buf *out, size_t *col);
 
 /* mime_header - append one header field "Name: value" CRLF, folding the
- * value at white space so lines stay within 78 characters where possible
- * (998 always; a long unbreakable run is written as it is up to 998 and
- * then refused). A non-ASCII value is written as encoded-words.
- * Returns 0, or -1 when the value has CR/LF or cannot fit. */
+ * value at white space so lines stay within 78 characters where possible.
+ * A value with non-ASCII or control characters, or "=?", or a run without
+ * white space too long for 998, is written whole as encoded-words (which
+ * fold anywhere), so no line ever exceeds 998. Returns 0, or -1 when the
+ * name is not a field name, the value has CR/LF or bad UTF-8, or out is
+ * full (out is then unchanged). */
 int mime_header(struct buf *out, const char *name, const char *value);
 
 /* mime_qp_encode - quoted-printable (RFC 2045 §6.7) of a UTF-8 text body.
@@ -103,6 +109,10 @@ int mime_base64_lines(const void *in, size_t len, struct buf *out);
 /* mime_body_needs_encoding - 1 when a text body cannot go as 7bit: it has
  * non-ASCII bytes, a bare CR, NUL, or a line longer than 998 octets. */
 int mime_body_needs_encoding(const char *in, size_t len);
+
+/* mime_header_name_valid - 1 when name is an RFC 5322 field name: 1 to
+ * MIME_FIELD_NAME_MAX printable ASCII characters (33..126) other than ':'. */
+int mime_header_name_valid(const char *name);
 
 struct mime_header_field {
     char *name;   /* validated RFC 5322 field name */

@@ -1,0 +1,333 @@
+/*
+ * gw_http.c - the HTTP API on libmicrohttpd: listener, request bodies,
+ * authentication, routing and JSON responses.
+ *
+ * Threads: a pool of MHD threads; each keeps its own Redis connection
+ * (thread-local), so a request never waits for another's Redis reply.
+ * Limits: bodies over GW_BODY_MAX are answered 413, before they are read
+ * in full when Content-Length says so.
+ * SECURITY: the API key is hashed and compared in constant time (queue
+ * layer) and never logged; every response carries X-Request-Id so a user
+ * can quote it instead of sending us their data.
+ */
+#include "gateway/gw.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/buf.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#define GW_THREADS 4
+
+struct gw_conn {
+    struct buf body;
+    int too_large;
+    char request_id[40];
+};
+
+static struct MHD_Daemon *gw_daemon;
+static const struct gw_config *gw_cfg;
+static pthread_key_t gw_queue_key;
+static pthread_once_t gw_queue_once = PTHREAD_ONCE_INIT;
+
+void gw_error(struct gw_resp *r, int status, const char *type, const char *field, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    json_decref(r->body);
+    json_t *e = json_pack("{s:s, s:s}", "type", type, "message", msg);
+    if (field)
+        json_object_set_new(e, "field", json_string(field));
+    r->body = json_pack("{s:o}", "error", e);
+    r->status = status;
+}
+
+const char *gw_query(const struct gw_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+static void queue_key_destroy(void *q)
+{
+    queue_close(q);
+}
+
+static void queue_key_init(void)
+{
+    pthread_key_create(&gw_queue_key, queue_key_destroy);
+}
+
+/* thread_queue - this thread's Redis connection, made on first use and
+ * closed when the thread exits. */
+static struct queue *thread_queue(void)
+{
+    pthread_once(&gw_queue_once, queue_key_init);
+    struct queue *q = pthread_getspecific(gw_queue_key);
+    if (!q) {
+        char err[128];
+        q = queue_open(gw_cfg->redis_url, err, sizeof(err));
+        pthread_setspecific(gw_queue_key, q);
+    }
+    return q;
+}
+
+static void unavailable(struct gw_resp *r)
+{
+    gw_error(r, 503, "unavailable", NULL, "the queue store (Redis) is unavailable; retry shortly");
+    util_strlcpy(r->retry_after, "5", sizeof(r->retry_after));
+}
+
+/* authenticate - check "Authorization: Bearer <key>". 0 when the request
+ * may go on; else the response is set. */
+static int authenticate(struct gw_req *req, struct gw_resp *resp, const char *scope)
+{
+    const char *h = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0 || strlen(h + 7) > QUEUE_KEY_MAX) {
+        gw_error(resp, 401, "unauthorized", NULL, "missing or malformed Authorization: Bearer <api key>");
+        return -1;
+    }
+    const char *key = h + 7;
+    while (*key == ' ')
+        key++;
+    int rc = queue_key_check(req->q, key, &req->key);
+    if (rc < 0) {
+        unavailable(resp);
+        return -1;
+    }
+    if (rc > 0) {
+        gw_error(resp, 401, "unauthorized", NULL, "unknown or revoked API key");
+        return -1;
+    }
+    /* scopes is a comma list; match whole words */
+    char scopes[140];
+    snprintf(scopes, sizeof(scopes), ",%s,", req->key.scopes);
+    char want[40];
+    snprintf(want, sizeof(want), ",%s,", scope);
+    if (!strstr(scopes, want)) {
+        gw_error(resp, 403, "forbidden", NULL, "this API key lacks the '%s' scope", scope);
+        return -1;
+    }
+    return 0;
+}
+
+static int is_json_type(const char *ct)
+{
+    if (!ct)
+        return 1; /* lenient: a client that sends no type still means JSON */
+    while (*ct == ' ')
+        ct++;
+    return strncasecmp(ct, "application/json", 16) == 0 &&
+           (ct[16] == '\0' || ct[16] == ';' || ct[16] == ' ');
+}
+
+/* route - dispatch one complete request. */
+static void route(struct gw_req *req, struct gw_resp *resp)
+{
+    const char *m = req->method, *p = req->path;
+    int get = !strcmp(m, "GET") || !strcmp(m, "HEAD"), post = !strcmp(m, "POST");
+
+    if (!strcmp(p, "/healthz")) {
+        resp->status = 200;
+        resp->body = json_pack("{s:s}", "status", "ok");
+        return;
+    }
+    if (!strcmp(p, "/readyz")) {
+        if (!req->q || queue_ping(req->q) < 0) {
+            unavailable(resp);
+            return;
+        }
+        resp->status = 200;
+        resp->body = json_pack("{s:s}", "status", "ready");
+        return;
+    }
+    if (strncmp(p, "/v1/", 4) != 0) {
+        gw_error(resp, 404, "not_found", NULL, "no such route");
+        return;
+    }
+    if (!req->q) {
+        unavailable(resp);
+        return;
+    }
+    if (!strcmp(p, "/v1/messages") && post) {
+        if (authenticate(req, resp, "send") == 0)
+            gw_send_message(req, resp);
+    } else if (!strcmp(p, "/v1/messages") && get) {
+        if (authenticate(req, resp, "read") == 0)
+            gw_list_messages(req, resp);
+    } else if (!strncmp(p, "/v1/messages/", 13) && get && p[13] && !strchr(p + 13, '/')) {
+        if (authenticate(req, resp, "read") == 0)
+            gw_get_message(req, resp, p + 13);
+    } else if (!strcmp(p, "/v1/events") && get) {
+        if (authenticate(req, resp, "read") == 0)
+            gw_list_events(req, resp);
+    } else if (!strcmp(p, "/v1/messages") || !strncmp(p, "/v1/messages/", 13) || !strcmp(p, "/v1/events")) {
+        gw_error(resp, 405, "method_not_allowed", NULL, "method %s not allowed here", m);
+    } else {
+        gw_error(resp, 404, "not_found", NULL, "no such route");
+    }
+}
+
+static enum MHD_Result send_resp(struct MHD_Connection *conn, struct gw_conn *gc, struct gw_resp *r)
+{
+    char *text = NULL;
+    size_t len = 0;
+    if (r->body) {
+        text = json_dumps(r->body, JSON_COMPACT | JSON_ENCODE_ANY);
+        len = text ? strlen(text) : 0;
+    }
+    struct MHD_Response *mr =
+        MHD_create_response_from_buffer(len, text ? text : (void *)"", text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (r->body)
+        MHD_add_response_header(mr, "Content-Type", "application/json");
+    MHD_add_response_header(mr, "X-Request-Id", gc->request_id);
+    if (r->retry_after[0])
+        MHD_add_response_header(mr, "Retry-After", r->retry_after);
+    enum MHD_Result ret = MHD_queue_response(conn, (unsigned)r->status, mr);
+    MHD_destroy_response(mr);
+    json_decref(r->body);
+    r->body = NULL;
+    return ret;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls)
+{
+    struct gw_conn *gc = *con_cls;
+    if (!gc) {
+        gc = calloc(1, sizeof(*gc));
+        if (!gc)
+            return MHD_NO;
+        buf_init(&gc->body, GW_BODY_MAX);
+        char id[33];
+        util_new_id(id);
+        snprintf(gc->request_id, sizeof(gc->request_id), "req_%s", id);
+        *con_cls = gc;
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > GW_BODY_MAX) {
+            struct gw_resp r = {0};
+            gw_error(&r, 413, "payload_too_large", NULL, "request body exceeds %zu bytes", GW_BODY_MAX);
+            return send_resp(conn, gc, &r);
+        }
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        if (!gc->too_large && buf_append(&gc->body, upload, *upload_size) < 0) {
+            gc->too_large = 1;
+            buf_free(&gc->body);
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    struct gw_resp r = {0};
+    if (gc->too_large) {
+        gw_error(&r, 413, "payload_too_large", NULL, "request body exceeds %zu bytes", GW_BODY_MAX);
+        return send_resp(conn, gc, &r);
+    }
+    struct gw_req req = {
+        .method = method,
+        .path = url,
+        .body = gc->body.data ? gc->body.data : "",
+        .bodylen = gc->body.len,
+        .content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type"),
+        .q = thread_queue(),
+        .cfg = gw_cfg,
+        .conn = conn,
+    };
+    if (!strcmp(method, "POST") && !is_json_type(req.content_type))
+        gw_error(&r, 415, "unsupported_media_type", NULL, "send the body as application/json");
+    else
+        route(&req, &r);
+    if (!r.status)
+        gw_error(&r, 500, "internal", NULL, "no response");
+    char status[8];
+    snprintf(status, sizeof(status), "%d", r.status);
+    log_kv(r.status >= 500 ? LOG_WARN : LOG_DEBUG, "http", "request_id", gc->request_id, "method",
+           method, "path", url, "status", status, "tenant", req.key.tenant[0] ? req.key.tenant : NULL, NULL);
+    return send_resp(conn, gc, &r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct gw_conn *gc = *con_cls;
+    if (gc) {
+        buf_free(&gc->body);
+        free(gc);
+        *con_cls = NULL;
+    }
+}
+
+/* parse_listen - "host:port" / "[v6]:port" into a sockaddr. */
+static int parse_listen(const char *s, struct sockaddr_storage *ss)
+{
+    char host[256];
+    const char *c = strrchr(s, ':');
+    if (!c)
+        return -1;
+    size_t hl = (size_t)(c - s);
+    if (hl >= sizeof(host))
+        return -1;
+    memcpy(host, s, hl);
+    host[hl] = '\0';
+    int port = atoi(c + 1);
+    memset(ss, 0, sizeof(*ss));
+    if (host[0] == '[' && hl > 2 && host[hl - 1] == ']') {
+        host[hl - 1] = '\0';
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        return inet_pton(AF_INET6, host + 1, &a->sin6_addr) == 1 ? 0 : -1;
+    }
+    struct sockaddr_in *a = (struct sockaddr_in *)ss;
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)port);
+    if (!strcmp(host, "localhost"))
+        strcpy(host, "127.0.0.1");
+    return inet_pton(AF_INET, host, &a->sin_addr) == 1 ? 0 : -1;
+}
+
+int gw_http_start(const struct gw_config *c)
+{
+    gw_cfg = c;
+    struct sockaddr_storage ss;
+    if (parse_listen(c->listen, &ss) < 0) {
+        log_kv(LOG_ERROR, "listen_failed", "listen", c->listen, "reason", "bad address", NULL);
+        return -1;
+    }
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL;
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    gw_daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL,
+                                 MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+                                 MHD_OPTION_THREAD_POOL_SIZE, (unsigned)GW_THREADS,
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)256 * 1024,
+                                 MHD_OPTION_END);
+    if (!gw_daemon) {
+        log_kv(LOG_ERROR, "listen_failed", "listen", c->listen, "reason", "cannot bind", NULL);
+        return -1;
+    }
+    log_kv(LOG_INFO, "listening", "listen", c->listen, NULL);
+    return 0;
+}
+
+void gw_http_stop(void)
+{
+    if (gw_daemon) {
+        MHD_stop_daemon(gw_daemon);
+        gw_daemon = NULL;
+    }
+}

@@ -1,0 +1,478 @@
+/*
+ * gw_send.c - POST /v1/messages: validate the request, render the message,
+ * queue it.
+ *
+ * Validation is complete before anything is written: the first problem is
+ * answered with a 4xx naming the failing field ("to[1]", "headers.X-Tag"),
+ * and nothing is queued. The rendered message is stored with its record,
+ * recipients, events and job in one Redis transaction (queue layer).
+ * SECURITY: every value that becomes a header or an SMTP command is
+ * refused when it holds CR or LF; owned headers cannot be set by callers.
+ */
+#include "gateway/gw.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "templates/mime.h"
+
+#define GW_TAG_MAX 256 /* characters in one tag */
+
+static const char *const known_fields[] = {
+    "from", "to", "cc", "bcc", "reply_to", "subject", "text", "html", "template", "data",
+    "headers", "attachments", "tags", "metadata", "track_opens", "track_clicks", "unsubscribe",
+    "strict", "send_at", NULL};
+
+/* Headers mailgate writes itself (contract); prefixes end in '*'. */
+static const char *const owned_headers[] = {
+    "From", "To", "Cc", "Bcc", "Reply-To", "Sender", "Subject", "Date", "Message-ID",
+    "MIME-Version", "Return-Path", "DKIM-Signature", "List-Unsubscribe*", "Content-*", NULL};
+
+/* A send request being validated. */
+struct send {
+    struct gw_req *req;
+    struct gw_resp *resp;
+    struct mime_addr from;
+    struct mime_addr_list to, cc, bcc, reply_to;
+    struct mime_header_field *headers;
+    size_t nheaders;
+    const char *subject, *text, *html;
+    json_t *tags, *metadata;
+    int64_t send_at_ms;
+};
+
+static void send_free(struct send *s)
+{
+    mime_addr_free(&s->from);
+    mime_addr_list_free(&s->to);
+    mime_addr_list_free(&s->cc);
+    mime_addr_list_free(&s->bcc);
+    mime_addr_list_free(&s->reply_to);
+    for (size_t i = 0; i < s->nheaders; i++) {
+        free(s->headers[i].name);
+        free(s->headers[i].value);
+    }
+    free(s->headers);
+}
+
+/* fail - answer 422 naming field; fmt takes one %s (detail). */
+static int fail(struct send *s, const char *field, const char *fmt, const char *detail)
+{
+    char msg[400];
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+    snprintf(msg, sizeof(msg), fmt, detail ? detail : "");
+#pragma GCC diagnostic pop
+    gw_error(s->resp, 422, "validation_error", field, "%s %s", field ? field : "body", msg);
+    return -1;
+}
+
+/* utf8_chars - number of characters (code points) in a UTF-8 string. */
+static size_t utf8_chars(const char *p)
+{
+    size_t n = 0;
+    for (; *p; p++)
+        if (((unsigned char)*p & 0xc0) != 0x80)
+            n++;
+    return n;
+}
+
+static int json_depth(json_t *v)
+{
+    int d = 0;
+    const char *k;
+    size_t i;
+    json_t *c;
+    if (json_is_object(v)) {
+        json_object_foreach(v, k, c) {
+            int cd = json_depth(c);
+            if (cd > d)
+                d = cd;
+        }
+        return d + 1;
+    }
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, c) {
+            int cd = json_depth(c);
+            if (cd > d)
+                d = cd;
+        }
+        return d + 1;
+    }
+    return 0;
+}
+
+/* string_field - an optional string member: NULL when absent; -1 (and the
+ * error set) when present but not a clean string. max is in characters. */
+static int string_field(struct send *s, json_t *o, const char *name, int header, size_t max,
+                        const char **out)
+{
+    *out = NULL;
+    json_t *v = json_object_get(o, name);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_string(v))
+        return fail(s, name, "%smust be a string", "");
+    const char *str = json_string_value(v);
+    if (strlen(str) != json_string_length(v))
+        return fail(s, name, "%smust not contain NUL characters", "");
+    if (header && util_has_crlf(str))
+        return fail(s, name, "%smust not contain CR or LF characters", "");
+    if (max && utf8_chars(str) > max)
+        return fail(s, name, "is longer than %s characters", header ? "1000" : "allowed");
+    *out = str;
+    return 0;
+}
+
+/* addr_item - one address value: "Name <a@x>" / "a@x" (an address-list
+ * is allowed in a string) or {email, name}; appended to list. */
+static int addr_item(struct send *s, json_t *v, const char *field, struct mime_addr_list *list)
+{
+    char err[256];
+    if (json_is_string(v)) {
+        const char *str = json_string_value(v);
+        if (strlen(str) != json_string_length(v) || util_has_crlf(str))
+            return fail(s, field, "%smust not contain CR, LF or NUL characters", "");
+        size_t before = list->n;
+        if (mime_addr_parse_list(str, list, err, sizeof(err)) < 0)
+            return fail(s, field, "is not a valid address: %s", err);
+        if (list->n == before)
+            return fail(s, field, "%sholds no address", "");
+        return 0;
+    }
+    if (json_is_object(v)) {
+        const char *k;
+        json_t *m;
+        json_object_foreach(v, k, m) {
+            if (strcmp(k, "email") && strcmp(k, "name")) {
+                char f[300];
+                snprintf(f, sizeof(f), "%s.%s", field, k);
+                return fail(s, f, "%sis not a known field (email, name)", "");
+            }
+            if (!json_is_string(m) && !(json_is_null(m) && !strcmp(k, "name")))
+                return fail(s, field, "%s: email and name must be strings", "");
+            if (json_is_string(m) && strlen(json_string_value(m)) != json_string_length(m))
+                return fail(s, field, "%smust not contain NUL characters", "");
+        }
+        const char *email = json_string_value(json_object_get(v, "email"));
+        const char *name = json_string_value(json_object_get(v, "name"));
+        if (!email)
+            return fail(s, field, "%sneeds an email", "");
+        if (name && utf8_chars(name) > GW_HEADER_VALUE_MAX)
+            return fail(s, field, "%sname is longer than 1000 characters", "");
+        struct mime_addr a = {0};
+        if (mime_addr_set(&a, email, name && *name ? name : NULL, err, sizeof(err)) < 0)
+            return fail(s, field, "is not a valid address: %s", err);
+        int rc = mime_addr_list_push(list, &a);
+        mime_addr_free(&a);
+        return rc < 0 ? fail(s, field, "%sout of memory", "") : 0;
+    }
+    return fail(s, field, "%smust be an address string, an {email, name} object, or a list of them", "");
+}
+
+/* addr_field - an address field: one item or an array of items. */
+static int addr_field(struct send *s, json_t *o, const char *name, struct mime_addr_list *list)
+{
+    json_t *v = json_object_get(o, name);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_array(v))
+        return addr_item(s, v, name, list);
+    size_t i;
+    json_t *item;
+    json_array_foreach(v, i, item) {
+        char field[64];
+        snprintf(field, sizeof(field), "%s[%zu]", name, i);
+        if (addr_item(s, item, field, list) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int header_owned(const char *name)
+{
+    for (const char *const *h = owned_headers; *h; h++) {
+        size_t n = strlen(*h);
+        if ((*h)[n - 1] == '*') {
+            if (!strncasecmp(name, *h, n - 1))
+                return 1;
+        } else if (!strcasecmp(name, *h)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int headers_field(struct send *s, json_t *o)
+{
+    json_t *v = json_object_get(o, "headers");
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_object(v))
+        return fail(s, "headers", "%smust be an object of name: value", "");
+    if (json_object_size(v) > GW_HEADERS_MAX)
+        return fail(s, "headers", "%shas more than 100 headers", "");
+    s->headers = calloc(json_object_size(v) + 1, sizeof(*s->headers));
+    const char *k;
+    json_t *val;
+    json_object_foreach(v, k, val) {
+        char field[300];
+        snprintf(field, sizeof(field), "headers.%.200s", k);
+        size_t kl = strlen(k);
+        if (kl == 0 || kl > 76)
+            return fail(s, field, "%s: a header name has 1 to 76 characters", "");
+        for (const char *p = k; *p; p++)
+            if ((unsigned char)*p < 33 || (unsigned char)*p > 126 || *p == ':')
+                return fail(s, field, "%s: not a valid header name (RFC 5322 §3.6.8)", "");
+        if (header_owned(k))
+            return fail(s, field, "%s: mailgate sets this header itself", "");
+        if (!json_is_string(val))
+            return fail(s, field, "%smust be a string", "");
+        const char *str = json_string_value(val);
+        if (strlen(str) != json_string_length(val) || util_has_crlf(str))
+            return fail(s, field, "%smust not contain CR, LF or NUL characters", "");
+        if (utf8_chars(str) > GW_HEADER_VALUE_MAX)
+            return fail(s, field, "%sis longer than 1000 characters", "");
+        s->headers[s->nheaders].name = strdup(k);
+        s->headers[s->nheaders].value = strdup(str);
+        s->nheaders++;
+    }
+    return 0;
+}
+
+static int tags_metadata(struct send *s, json_t *o)
+{
+    json_t *t = json_object_get(o, "tags");
+    if (t && !json_is_null(t)) {
+        if (!json_is_array(t))
+            return fail(s, "tags", "%smust be an array of strings", "");
+        if (json_array_size(t) > GW_TAGS_MAX)
+            return fail(s, "tags", "%shas more than 100 tags", "");
+        size_t i;
+        json_t *e;
+        json_array_foreach(t, i, e) {
+            char f[32];
+            snprintf(f, sizeof(f), "tags[%zu]", i);
+            if (!json_is_string(e) || json_string_length(e) == 0 ||
+                utf8_chars(json_string_value(e)) > GW_TAG_MAX ||
+                strlen(json_string_value(e)) != json_string_length(e))
+                return fail(s, f, "%smust be a non-empty string of at most 256 characters", "");
+        }
+        s->tags = t;
+    }
+    json_t *m = json_object_get(o, "metadata");
+    if (m && !json_is_null(m)) {
+        if (!json_is_object(m))
+            return fail(s, "metadata", "%smust be an object", "");
+        if (json_object_size(m) > GW_METADATA_MAX)
+            return fail(s, "metadata", "%shas more than 100 keys", "");
+        const char *k;
+        json_t *e;
+        json_object_foreach(m, k, e) {
+            if (json_is_object(e) || json_is_array(e)) {
+                char f[300];
+                snprintf(f, sizeof(f), "metadata.%.200s", k);
+                return fail(s, f, "%smust be a string, number, boolean or null", "");
+            }
+        }
+        s->metadata = m;
+    }
+    return 0;
+}
+
+/* validate - check the whole request into s. 0, or -1 with resp set. */
+static int validate(struct send *s, json_t *o)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v) {
+        int known = 0;
+        for (const char *const *f = known_fields; *f; f++)
+            if (!strcmp(k, *f))
+                known = 1;
+        if (!known) {
+            char field[200];
+            snprintf(field, sizeof(field), "%.190s", k);
+            return fail(s, field, "%sis not a known field", "");
+        }
+    }
+    /* Features of later releases are refused rather than silently ignored. */
+    static const char *const later[] = {"template", "data", "attachments", NULL};
+    for (const char *const *f = later; *f; f++)
+        if (json_object_get(o, *f) && !json_is_null(json_object_get(o, *f)))
+            return fail(s, *f, "%sis not supported by this version", "");
+    static const char *const flags[] = {"track_opens", "track_clicks", "unsubscribe", "strict", NULL};
+    for (const char *const *f = flags; *f; f++) {
+        json_t *b = json_object_get(o, *f);
+        if (b && !json_is_boolean(b) && !json_is_null(b))
+            return fail(s, *f, "%smust be true or false", "");
+        if (json_is_true(b) && strcmp(*f, "strict") != 0)
+            return fail(s, *f, "%sis not supported by this version", "");
+    }
+
+    json_t *from = json_object_get(o, "from");
+    if (!from || json_is_null(from))
+        return fail(s, "from", "%sis required", "");
+    struct mime_addr_list fl = {0};
+    if (json_is_array(from)) {
+        mime_addr_list_free(&fl);
+        return fail(s, "from", "%smust be one address", "");
+    }
+    if (addr_item(s, from, "from", &fl) < 0) {
+        mime_addr_list_free(&fl);
+        return -1;
+    }
+    if (fl.n != 1) {
+        mime_addr_list_free(&fl);
+        return fail(s, "from", "%smust be exactly one address", "");
+    }
+    s->from = fl.v[0];
+    fl.n = 0;
+    mime_addr_list_free(&fl);
+
+    if (addr_field(s, o, "to", &s->to) < 0 || addr_field(s, o, "cc", &s->cc) < 0 ||
+        addr_field(s, o, "bcc", &s->bcc) < 0 || addr_field(s, o, "reply_to", &s->reply_to) < 0)
+        return -1;
+    size_t total = s->to.n + s->cc.n + s->bcc.n;
+    if (total == 0)
+        return fail(s, "to", "%sneeds at least one recipient (to, cc or bcc)", "");
+    json_t *tenant = NULL;
+    long maxr = GW_RCPTS_MAX;
+    if (queue_tenant_get(s->req->q, s->req->key.tenant, &tenant) == 0) {
+        const char *mr = json_string_value(json_object_get(tenant, "max_recipients"));
+        if (mr && atol(mr) > 0)
+            maxr = atol(mr);
+        json_decref(tenant);
+    }
+    if ((long)total > maxr) {
+        char n[32];
+        snprintf(n, sizeof(n), "%ld", maxr);
+        return fail(s, "to", "more than %s recipients (to + cc + bcc)", n);
+    }
+
+    if (string_field(s, o, "subject", 1, GW_HEADER_VALUE_MAX, &s->subject) < 0 ||
+        string_field(s, o, "text", 0, 0, &s->text) < 0 || string_field(s, o, "html", 0, 0, &s->html) < 0)
+        return -1;
+    if (!s->subject)
+        return fail(s, "subject", "%sis required", "");
+    if (!s->text && !s->html)
+        return fail(s, "text", "%sa message needs text or html", "");
+    if (headers_field(s, o) < 0 || tags_metadata(s, o) < 0)
+        return -1;
+
+    json_t *at = json_object_get(o, "send_at");
+    if (at && !json_is_null(at)) {
+        if (!json_is_string(at) || util_parse_rfc3339(json_string_value(at), &s->send_at_ms) < 0)
+            return fail(s, "send_at", "%smust be an RFC 3339 date-time such as 2026-12-01T09:00:00Z", "");
+        if (s->send_at_ms > util_now_ms() + 72LL * 3600 * 1000)
+            return fail(s, "send_at", "%smay be at most 72 hours ahead", "");
+        if (s->send_at_ms <= util_now_ms())
+            s->send_at_ms = 0;
+    }
+    return 0;
+}
+
+/* add_rcpts - envelope recipients in order, each address once
+ * (case-insensitively: the same mailbox in To and Bcc is sent once). */
+static void add_rcpts(struct queue_rcpt *v, size_t *n, const struct mime_addr_list *l, const char *status)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        int dup = 0;
+        for (size_t j = 0; j < *n; j++)
+            if (!strcasecmp(v[j].email, l->v[i].email))
+                dup = 1;
+        if (!dup) {
+            v[*n].email = l->v[i].email;
+            v[*n].status = status;
+            (*n)++;
+        }
+    }
+}
+
+void gw_send_message(struct gw_req *req, struct gw_resp *resp)
+{
+    json_error_t jerr;
+    json_t *o = json_loadb(req->body, req->bodylen, JSON_REJECT_DUPLICATES, &jerr);
+    if (!o) {
+        gw_error(resp, 400, "invalid_json", NULL, "body is not valid JSON: %s (line %d, column %d)",
+                 jerr.text, jerr.line, jerr.column);
+        return;
+    }
+    struct send s = {.req = req, .resp = resp};
+    if (!json_is_object(o)) {
+        gw_error(resp, 422, "validation_error", NULL, "the body must be a JSON object");
+        goto out;
+    }
+    if (json_depth(o) > GW_JSON_DEPTH_MAX) {
+        gw_error(resp, 422, "validation_error", NULL, "JSON nesting deeper than %d", GW_JSON_DEPTH_MAX);
+        goto out;
+    }
+    if (validate(&s, o) < 0)
+        goto out;
+
+    char id[33], msgid[400];
+    util_new_id(id);
+    snprintf(msgid, sizeof(msgid), "%s@%s", id, req->cfg->helo);
+    int64_t now = util_now_ms();
+    struct mime_message mm = {
+        .from = s.from, .to = s.to, .cc = s.cc, .reply_to = s.reply_to,
+        .subject = s.subject, .text = s.text, .html = s.html,
+        .headers = s.headers, .nheaders = s.nheaders,
+        .message_id = msgid, .date_ms = now,
+    };
+    struct buf body;
+    buf_init(&body, GW_MESSAGE_MAX);
+    char err[256] = "";
+    if (mime_build(&mm, &body, err, sizeof(err)) < 0) {
+        if (body.len >= GW_MESSAGE_MAX / 2 || strstr(err, "large"))
+            gw_error(resp, 413, "message_too_large", NULL, "the rendered message exceeds %zu bytes", GW_MESSAGE_MAX);
+        else
+            gw_error(resp, 422, "validation_error", NULL, "cannot render the message: %s", err);
+        buf_free(&body);
+        goto out;
+    }
+
+    size_t total = s.to.n + s.cc.n + s.bcc.n, nr = 0;
+    struct queue_rcpt *rcpts = calloc(total, sizeof(*rcpts));
+    const char *st = s.send_at_ms ? "scheduled" : "queued";
+    add_rcpts(rcpts, &nr, &s.to, st);
+    add_rcpts(rcpts, &nr, &s.cc, st);
+    add_rcpts(rcpts, &nr, &s.bcc, st);
+
+    /* The record keeps the From as a person reads it, not encoded. */
+    char from_plain[2200];
+    if (s.from.name)
+        snprintf(from_plain, sizeof(from_plain), "%s <%s>", s.from.name, s.from.email);
+    else
+        util_strlcpy(from_plain, s.from.email, sizeof(from_plain));
+
+    struct queue_new_message qm = {
+        .id = id, .tenant = req->key.tenant, .created_ms = now, .from = from_plain,
+        .subject = s.subject, .tags = s.tags, .metadata = s.metadata,
+        .mail_from = s.from.email, .rcpts = rcpts, .nrcpts = nr,
+        .body = body.data, .bodylen = body.len, .due_ms = s.send_at_ms,
+    };
+    if (queue_message_enqueue(req->q, &qm) < 0) {
+        gw_error(resp, 503, "unavailable", NULL, "the queue store (Redis) is unavailable; nothing was queued");
+        util_strlcpy(resp->retry_after, "5", sizeof(resp->retry_after));
+    } else {
+        json_t *list = json_array();
+        for (size_t i = 0; i < nr; i++)
+            json_array_append_new(list, json_pack("{s:s, s:s}", "email", rcpts[i].email, "status", rcpts[i].status));
+        resp->status = 202;
+        resp->body = json_pack("{s:s, s:s, s:o}", "id", id, "status", st, "recipients", list);
+        char size[24];
+        snprintf(size, sizeof(size), "%zu", body.len);
+        log_kv(LOG_INFO, "message_queued", "message_id", id, "tenant", req->key.tenant, "size", size, NULL);
+    }
+    free(rcpts);
+    buf_free(&body);
+out:
+    send_free(&s);
+    json_decref(o);
+}

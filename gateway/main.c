@@ -1,0 +1,109 @@
+/*
+ * main.c - the mailgate command: `serve [--role all|api|sender]`, `key`,
+ * `tenant`, `--version`, `--help`.
+ *
+ * serve runs until SIGINT or SIGTERM, then stops the HTTP listener, lets
+ * the senders finish their current transaction, QUITs and exits 0.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "gateway/gw.h"
+#include "smtp/smtp_deliver.h"
+
+#define MAILGATE_VERSION "0.1.0"
+
+static void help(FILE *f)
+{
+    fprintf(f,
+            "mailgate %s - transactional email gateway\n\n"
+            "usage:\n"
+            "  mailgate serve [--role all|api|sender]   run the gateway (default: every role)\n"
+            "  mailgate key create --tenant NAME [--scopes send,read,templates,webhooks,suppressions] [--test]\n"
+            "  mailgate key list --tenant NAME\n"
+            "  mailgate key revoke KEY_ID\n"
+            "  mailgate tenant set NAME [--rate N/s] [--daily N] [--max-recipients N] [--allowed-from dom,...]\n"
+            "  mailgate --version | --help\n\n"
+            "Configuration comes from MAILGATE_* environment variables; see README.md.\n",
+            MAILGATE_VERSION);
+}
+
+static int serve(const struct gw_config *c, int argc, char **argv)
+{
+    const char *role = "all";
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--role") && i + 1 < argc)
+            role = argv[++i];
+        else {
+            help(stderr);
+            return 2;
+        }
+    }
+    int api = !strcmp(role, "all") || !strcmp(role, "api");
+    int sender = !strcmp(role, "all") || !strcmp(role, "sender");
+    if (!api && !sender) {
+        fprintf(stderr, "mailgate: --role must be all, api or sender\n");
+        return 2;
+    }
+    /* Block the stop signals before any thread exists, so every thread
+     * inherits the mask and only sigwait() below ever receives them. */
+    sigset_t stopset;
+    sigemptyset(&stopset);
+    sigaddset(&stopset, SIGINT);
+    sigaddset(&stopset, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stopset, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    gw_config_log(c);
+
+    struct gw_config http = *c;
+    if (!api) /* sender: health and metrics only, when asked for */
+        snprintf(http.listen, sizeof(http.listen), "%s", c->admin_listen);
+    if ((api || http.listen[0]) && gw_http_start(&http) < 0)
+        return 1;
+    if (sender) {
+        struct smtp_deliver_config dc = {
+            .redis_url = c->redis_url, .relays = c->relays, .helo = c->helo,
+            .retry_ms = c->retry_ms, .nretry = c->nretry, .max_age_ms = c->max_age_ms,
+        };
+        if (smtp_deliver_start(&dc) < 0) {
+            gw_http_stop();
+            return 1;
+        }
+    }
+    log_kv(LOG_INFO, "started", "role", role, "version", MAILGATE_VERSION, NULL);
+    int sig = 0;
+    sigwait(&stopset, &sig);
+    log_kv(LOG_INFO, "stopping", "signal", sig == SIGTERM ? "TERM" : "INT", NULL);
+    gw_http_stop();
+    if (sender)
+        smtp_deliver_stop();
+    log_kv(LOG_INFO, "stopped", NULL);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        help(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("mailgate %s\n", MAILGATE_VERSION);
+        return 0;
+    }
+    struct gw_config c;
+    if (gw_config_load(&c) < 0)
+        return 2;
+    if (!strcmp(argv[1], "serve"))
+        return serve(&c, argc - 2, argv + 2);
+    if (!strcmp(argv[1], "key"))
+        return gw_cli_key(&c, argc - 2, argv + 2);
+    if (!strcmp(argv[1], "tenant"))
+        return gw_cli_tenant(&c, argc - 2, argv + 2);
+    help(stderr);
+    return 2;
+}

@@ -1,0 +1,220 @@
+/*
+ * queue.h - everything mailgate keeps in Redis: API keys, tenants, message
+ * records, rendered bodies, per-recipient status, events, and the job
+ * stream the senders drain through a consumer group.
+ *
+ * Keys (one prefix "mg:"; {t} tenant, {id} message id):
+ *   mg:key:{key_id}            hash  tenant, hash (SHA-256 hex of the key), scopes, test, created_at
+ *   mg:tenant:{t}:keys         set   key ids of the tenant
+ *   mg:tenant:{t}              hash  tenant settings (limits)
+ *   mg:msg:{id}                hash  tenant, created_at, from, subject, tags, metadata, mail_from, rcpts
+ *   mg:msg:{id}:rcpt           hash  email -> {"status","attempts","last_reply"} JSON
+ *   mg:msg:{id}:body           string the rendered RFC 5322 message (CRLF, not dot-stuffed)
+ *   mg:msg:{id}:events         list  event JSON, oldest first
+ *   mg:tenant:{t}:messages     zset  message ids by created_at ms
+ *   mg:events:{t}              stream one entry per event, field "e" = event JSON
+ *   mg:jobs                    stream delivery jobs: m (message id), r (JSON array of
+ *                                     recipients to try), a (attempt number, from 1)
+ *   mg:delayed                 zset  job JSON by due time (ms); moved back to mg:jobs by
+ *                                     a Lua script, so several schedulers never double-fire
+ * The consumer group on mg:jobs is "senders". A job leaves the stream by
+ * XACK + XDEL in the same MULTI that records its outcome.
+ *
+ * Ownership: a struct queue is one Redis connection, used by one thread at
+ * a time. Strings and json_t returned to the caller are the caller's.
+ * Errors: functions return 0 on success and -1 when Redis is unreachable or
+ * answered an error (the connection is then dropped and re-made on the next
+ * call); lookups return 1 for "not found".
+ *
+ * SECURITY: API keys are stored only as SHA-256 hashes; the key id (a
+ * public prefix of the key) locates the record and the hash is compared
+ * in constant time.
+ */
+#ifndef MG_QUEUE_H
+#define MG_QUEUE_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define QUEUE_STREAM "mg:jobs"
+#define QUEUE_GROUP "senders"
+#define QUEUE_DELAYED "mg:delayed"
+#define QUEUE_KEY_MAX 128      /* bytes of an API key we accept */
+#define QUEUE_TENANT_MAX 64    /* bytes of a tenant name */
+
+struct queue;
+
+/* queue_open - parse url ("redis://[:password@]host:port[/db]" or
+ * "unix:///path") and connect. The connection is made lazily again after
+ * any error. Returns NULL with a reason in err (no password in it) when the
+ * URL is bad; an unreachable server is not an error here. */
+struct queue *queue_open(const char *url, char *err, size_t errlen);
+
+/* queue_close - disconnect and free; NULL is safe. */
+void queue_close(struct queue *q);
+
+/* queue_ping - 0 when Redis answers PING, else -1. */
+int queue_ping(struct queue *q);
+
+/* queue_url_check - validate a Redis URL without connecting. 0 or -1. */
+int queue_url_check(const char *url, char *err, size_t errlen);
+
+/* queue_maxmemory_policy - the server's maxmemory-policy into out.
+ * Returns 0 or -1. */
+int queue_maxmemory_policy(struct queue *q, char *out, size_t outlen);
+
+/* ---- API keys and tenants (queue_keys.c) ------------------------------ */
+
+struct queue_key_info {
+    char id[32];
+    char tenant[QUEUE_TENANT_MAX + 1];
+    char scopes[128];      /* comma-separated */
+    int test;
+};
+
+/* queue_tenant_name_ok - 1 when name is 1..64 of [A-Za-z0-9._-]. */
+int queue_tenant_name_ok(const char *name);
+
+/* queue_key_create - make a key "mg_<id>_<secret>" for tenant with scopes,
+ * store its hash, print nothing. key_out gets the key (>= 80 bytes).
+ * Returns 0 or -1. */
+int queue_key_create(struct queue *q, const char *tenant, const char *scopes, int test,
+                     char *key_out, size_t keylen);
+
+/* queue_key_check - look the key up by its id and compare hashes in
+ * constant time. Returns 0 with *info filled, 1 when unknown or revoked,
+ * -1 when Redis failed. */
+int queue_key_check(struct queue *q, const char *key, struct queue_key_info *info);
+
+/* queue_key_list - JSON array of {id, prefix, scopes, test, created_at}
+ * for the tenant (never the key or its hash). Returns 0 or -1. */
+int queue_key_list(struct queue *q, const char *tenant, json_t **out);
+
+/* queue_key_revoke - delete a key by id. 0, 1 when unknown, -1 on error. */
+int queue_key_revoke(struct queue *q, const char *key_id);
+
+/* queue_tenant_set - store tenant settings (fields given as pairs,
+ * NULL-terminated). Returns 0 or -1. */
+int queue_tenant_set(struct queue *q, const char *tenant, const char *const *pairs);
+
+/* queue_tenant_get - tenant settings as a JSON object (empty when none). */
+int queue_tenant_get(struct queue *q, const char *tenant, json_t **out);
+
+/* ---- messages (queue_msg.c) ------------------------------------------- */
+
+struct queue_rcpt {
+    const char *email;
+    const char *status;    /* "queued", "scheduled" or "suppressed" */
+};
+
+struct queue_new_message {
+    const char *id;
+    const char *tenant;
+    int64_t created_ms;
+    const char *from;          /* From as given (display form) */
+    const char *subject;
+    json_t *tags;              /* array, borrowed */
+    json_t *metadata;          /* object, borrowed */
+    const char *mail_from;     /* envelope sender */
+    const struct queue_rcpt *rcpts;
+    size_t nrcpts;
+    const char *body;          /* rendered message */
+    size_t bodylen;
+    int64_t due_ms;            /* 0: send now; else scheduled for then */
+};
+
+/* queue_event_new - a new event object {id, type, created_at, message_id,
+ * recipient, tags, metadata}; tags/metadata are copied. Caller owns it. */
+json_t *queue_event_new(const char *type, const char *msg_id, const char *rcpt, json_t *tags,
+                        json_t *metadata);
+
+/* queue_message_enqueue - store the record, body, recipients, a "queued"
+ * (or "suppressed") event per recipient, and the job (or the delayed job),
+ * in one MULTI/EXEC: all or nothing. Returns 0 or -1. */
+int queue_message_enqueue(struct queue *q, const struct queue_new_message *m);
+
+/* queue_message_get - the message as the API shows it (contract
+ * "GET /v1/messages/{id}"), with its status derived from its recipients.
+ * Returns 0 with *out, 1 when unknown or another tenant's, -1 on error. */
+int queue_message_get(struct queue *q, const char *tenant, const char *id, json_t **out);
+
+/* queue_message_events - the message's events, oldest first. 0/1/-1. */
+int queue_message_events(struct queue *q, const char *tenant, const char *id, json_t **out);
+
+struct queue_query {
+    const char *type, *message_id, *recipient, *status, *tag;
+    int64_t since_ms, until_ms;    /* 0 = open */
+    int limit;                     /* 1..1000 */
+    const char *cursor;            /* opaque, from next_cursor, or NULL */
+};
+
+/* queue_events_query - {"data": [...], "next_cursor": ...} newest first.
+ * Returns 0, 1 when the cursor is malformed, -1 on error. */
+int queue_events_query(struct queue *q, const char *tenant, const struct queue_query *qq, json_t **out);
+
+/* queue_messages_query - {"data": [...], "next_cursor": ...} newest first. */
+int queue_messages_query(struct queue *q, const char *tenant, const struct queue_query *qq, json_t **out);
+
+/* queue_message_status - derive the message status from recipient
+ * statuses (contract "Message status"). Pure. */
+const char *queue_message_status(const char *const *rcpt_status, size_t n);
+
+/* ---- jobs (queue_jobs.c) ---------------------------------------------- */
+
+struct queue_job {
+    char entry_id[48];       /* stream entry id */
+    char msg_id[64];
+    json_t *rcpts;           /* array of recipient emails to try; owned */
+    int attempt;             /* 1 for the first try */
+    unsigned deliveries;     /* times the entry was delivered to a consumer */
+};
+
+/* queue_group_ensure - create the consumer group (and stream) if missing. */
+int queue_group_ensure(struct queue *q);
+
+/* queue_job_read - read one job for consumer: first this consumer's own
+ * pending entries (after a restart), then new ones, blocking up to
+ * block_ms. Returns 0 with *job, 1 when none arrived, -1 on error. */
+int queue_job_read(struct queue *q, const char *consumer, int block_ms, struct queue_job *job);
+
+/* queue_job_free - release job->rcpts; safe twice. */
+void queue_job_free(struct queue_job *job);
+
+/* What a sender needs for one job, loaded in one round trip. */
+struct queue_delivery {
+    char *body;              /* owned; NULL when the message is gone */
+    size_t bodylen;
+    char *tenant, *mail_from;
+    int64_t created_ms;      /* when the message was accepted */
+    json_t *tags, *metadata; /* owned */
+    json_t *rcpt_state;      /* object email -> {status, attempts, ...}; owned */
+    json_t *all_rcpts;       /* array of every recipient of the message; owned */
+};
+
+/* queue_delivery_load - fetch body, record and recipient states of job.
+ * Returns 0, 1 when the message no longer exists, -1 on error. */
+int queue_delivery_load(struct queue *q, const struct queue_job *job, struct queue_delivery *d);
+void queue_delivery_free(struct queue_delivery *d);
+
+/* One recipient's outcome, as the sender decided it. */
+struct queue_outcome {
+    const char *email;
+    const char *status;      /* "delivered", "deferred", "bounced" */
+    json_t *event;           /* the event to record (stolen: freed by finish) */
+    const char *last_reply;  /* "250 2.0.0 ok" or a local reason */
+};
+
+/* queue_job_finish - in one MULTI/EXEC: set each recipient's status and
+ * attempts, append its event to the message and the tenant log, schedule
+ * the deferred recipients as a new job due at retry_due_ms, delete the body
+ * when every recipient is terminal, then XACK and XDEL the job. Returns 0,
+ * or -1 (nothing recorded; the job stays pending and is read again). */
+int queue_job_finish(struct queue *q, const struct queue_job *job, const struct queue_delivery *d,
+                     struct queue_outcome *o, size_t n, int64_t retry_due_ms);
+
+/* queue_schedule_due - move up to max delayed jobs whose time has come to
+ * the stream, atomically (Lua). Returns the number moved, or -1. */
+int queue_schedule_due(struct queue *q, int64_t now_ms, int max);
+
+#endif

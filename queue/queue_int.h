@@ -1,0 +1,55 @@
+/*
+ * queue_int.h - private to queue/: the connection and reply helpers the
+ * queue_*.c files share. Nothing outside queue/ includes this.
+ */
+#ifndef MG_QUEUE_INT_H
+#define MG_QUEUE_INT_H
+
+#include <hiredis/hiredis.h>
+
+#include "queue/queue.h"
+
+/* One Redis connection and what is needed to re-make it. */
+struct queue {
+    char *host;
+    int port;
+    char *path;       /* unix socket, or NULL */
+    char *password;
+    int db;
+    redisContext *c;
+    int timeout_ms;   /* current socket timeout */
+    int pending_checked; /* queue_job_read has drained this consumer's old pending entries */
+};
+
+/* q_ctx - the live connection, (re)connecting when needed; NULL when Redis
+ * is unreachable. */
+redisContext *q_ctx(struct queue *q);
+
+/* q_drop - forget a broken connection; the next q_ctx reconnects. */
+void q_drop(struct queue *q);
+
+/* q_cmd - run one command (argv form). Returns the reply (caller frees with
+ * freeReplyObject) or NULL on I/O error or an error reply (logged). */
+redisReply *q_cmdv(struct queue *q, int argc, const char **argv, const size_t *lens);
+
+/* q_cmd - printf-style command; as q_cmdv. */
+redisReply *q_cmd(struct queue *q, const char *fmt, ...);
+
+/* q_pipe_* - a pipeline: append commands, then read exactly as many replies.
+ * q_pipe_end returns the replies (array of n, caller frees each and the
+ * array) or NULL when any read failed (connection dropped). */
+struct q_pipe {
+    struct queue *q;
+    int n;
+    int err;
+};
+void q_pipe_begin(struct q_pipe *p, struct queue *q);
+void q_pipe_cmd(struct q_pipe *p, const char *fmt, ...);
+void q_pipe_cmdv(struct q_pipe *p, int argc, const char **argv, const size_t *lens);
+redisReply **q_pipe_end(struct q_pipe *p);
+void q_replies_free(redisReply **r, int n);
+
+/* q_block_timeout - set the socket timeout for a blocking command. */
+void q_set_timeout_ms(struct queue *q, int ms);
+
+#endif

@@ -1,0 +1,267 @@
+/*
+ * queue_jobs.c - the delivery job stream, read through the consumer group
+ * "senders", and the delayed-job set.
+ *
+ * Invariants:
+ *  - A job is acknowledged (XACK) and removed (XDEL) only inside the
+ *    MULTI/EXEC that records its outcome, so an outcome is never lost and
+ *    a job is never dropped unrecorded. Nothing trims the stream by MAXLEN
+ *    (Redis 7.0's XAUTOCLAIM silently drops trimmed pending entries).
+ *  - A recipient's retry is a new job in mg:delayed, written in that same
+ *    MULTI. A Lua script moves due jobs to the stream, atomically, so
+ *    several schedulers never fire one job twice.
+ *  - A sender does one Redis round trip to read a job, one to load it and
+ *    one to record it, whatever the number of recipients.
+ */
+#include "queue/queue_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+static const char *schedule_lua =
+    "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))\n"
+    "for _, j in ipairs(due) do\n"
+    "  local ok, job = pcall(cjson.decode, j)\n"
+    "  if ok and type(job) == 'table' and job.m and job.r then\n"
+    "    redis.call('XADD', KEYS[2], '*', 'm', job.m, 'r', cjson.encode(job.r), 'a', tostring(job.a or 1))\n"
+    "  end\n"
+    "  redis.call('ZREM', KEYS[1], j)\n"
+    "end\n"
+    "return #due\n";
+
+int queue_group_ensure(struct queue *q)
+{
+    redisContext *c = q_ctx(q);
+    if (!c)
+        return -1;
+    redisReply *r = redisCommand(c, "XGROUP CREATE " QUEUE_STREAM " " QUEUE_GROUP " 0 MKSTREAM");
+    if (!r) {
+        q_drop(q);
+        return -1;
+    }
+    int ok = r->type != REDIS_REPLY_ERROR || strstr(r->str, "BUSYGROUP") != NULL;
+    freeReplyObject(r);
+    return ok ? 0 : -1;
+}
+
+void queue_job_free(struct queue_job *job)
+{
+    json_decref(job->rcpts);
+    job->rcpts = NULL;
+}
+
+/* job_parse - fill job from one stream entry [id, [f, v, ...]].
+ * Returns 0, or -1 when the entry is empty or malformed. */
+static int job_parse(redisReply *ent, struct queue_job *job)
+{
+    memset(job, 0, sizeof(*job));
+    if (ent->type != REDIS_REPLY_ARRAY || ent->elements < 2)
+        return -1;
+    util_strlcpy(job->entry_id, ent->element[0]->str, sizeof(job->entry_id));
+    redisReply *f = ent->element[1];
+    if (f->type != REDIS_REPLY_ARRAY)
+        return -1;
+    job->attempt = 1;
+    for (size_t i = 0; i + 1 < f->elements; i += 2) {
+        const char *k = f->element[i]->str, *v = f->element[i + 1]->str;
+        if (!strcmp(k, "m"))
+            util_strlcpy(job->msg_id, v, sizeof(job->msg_id));
+        else if (!strcmp(k, "r"))
+            job->rcpts = json_loads(v, 0, NULL);
+        else if (!strcmp(k, "a"))
+            job->attempt = atoi(v) > 0 ? atoi(v) : 1;
+    }
+    if (!job->msg_id[0] || !json_is_array(job->rcpts))
+        return -1;
+    return 0;
+}
+
+/* job_ack - acknowledge and delete an entry we cannot use. */
+static void job_ack(struct queue *q, const char *entry_id)
+{
+    struct q_pipe p;
+    q_pipe_begin(&p, q);
+    q_pipe_cmd(&p, "XACK " QUEUE_STREAM " " QUEUE_GROUP " %s", entry_id);
+    q_pipe_cmd(&p, "XDEL " QUEUE_STREAM " %s", entry_id);
+    q_replies_free(q_pipe_end(&p), p.n);
+}
+
+int queue_job_read(struct queue *q, const char *consumer, int block_ms, struct queue_job *job)
+{
+    for (;;) {
+        redisReply *r;
+        int pending = !q->pending_checked;
+        if (pending) {
+            r = q_cmd(q, "XREADGROUP GROUP " QUEUE_GROUP " %s COUNT 1 STREAMS " QUEUE_STREAM " 0", consumer);
+        } else {
+            if (!q_ctx(q))
+                return -1;
+            q_set_timeout_ms(q, block_ms + 5000);
+            r = q_cmd(q, "XREADGROUP GROUP " QUEUE_GROUP " %s COUNT 1 BLOCK %d STREAMS " QUEUE_STREAM " >",
+                      consumer, block_ms);
+            if (q->c)
+                q_set_timeout_ms(q, 5000);
+        }
+        if (!r) {
+            /* NOGROUP after a FLUSHALL or a fresh server: make it again. */
+            queue_group_ensure(q);
+            return -1;
+        }
+        redisReply *ent = NULL;
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->elements == 2 &&
+            r->element[0]->element[1]->type == REDIS_REPLY_ARRAY && r->element[0]->element[1]->elements > 0)
+            ent = r->element[0]->element[1]->element[0];
+        if (!ent) {
+            freeReplyObject(r);
+            if (pending) {
+                q->pending_checked = 1;
+                continue;
+            }
+            return 1;
+        }
+        int bad = job_parse(ent, job);
+        freeReplyObject(r);
+        if (bad) {
+            log_kv(LOG_WARN, "job_malformed", "entry", job->entry_id, NULL);
+            if (job->entry_id[0])
+                job_ack(q, job->entry_id);
+            queue_job_free(job);
+            continue;
+        }
+        return 0;
+    }
+}
+
+int queue_delivery_load(struct queue *q, const struct queue_job *job, struct queue_delivery *d)
+{
+    memset(d, 0, sizeof(*d));
+    struct q_pipe p;
+    q_pipe_begin(&p, q);
+    q_pipe_cmd(&p, "GET mg:msg:%s:body", job->msg_id);
+    q_pipe_cmd(&p, "HMGET mg:msg:%s tenant mail_from tags metadata rcpts created_at", job->msg_id);
+    q_pipe_cmd(&p, "HGETALL mg:msg:%s:rcpt", job->msg_id);
+    redisReply **r = q_pipe_end(&p);
+    if (!r)
+        return -1;
+    redisReply *h = r[1];
+    if (h->type != REDIS_REPLY_ARRAY || h->elements != 6 || !h->element[0]->str) {
+        q_replies_free(r, p.n);
+        return 1;
+    }
+    if (r[0]->type == REDIS_REPLY_STRING) {
+        d->body = malloc(r[0]->len + 1);
+        memcpy(d->body, r[0]->str, r[0]->len + 1);
+        d->bodylen = r[0]->len;
+    }
+    d->tenant = strdup(h->element[0]->str);
+    d->mail_from = strdup(h->element[1]->str ? h->element[1]->str : "");
+    d->created_ms = h->element[5]->str ? atoll(h->element[5]->str) : 0;
+    d->tags = h->element[2]->str ? json_loads(h->element[2]->str, 0, NULL) : NULL;
+    d->metadata = h->element[3]->str ? json_loads(h->element[3]->str, 0, NULL) : NULL;
+    d->all_rcpts = h->element[4]->str ? json_loads(h->element[4]->str, 0, NULL) : NULL;
+    if (!d->tags)
+        d->tags = json_array();
+    if (!d->metadata)
+        d->metadata = json_object();
+    if (!d->all_rcpts)
+        d->all_rcpts = json_array();
+    d->rcpt_state = json_object();
+    for (size_t i = 0; r[2]->type == REDIS_REPLY_ARRAY && i + 1 < r[2]->elements; i += 2) {
+        json_t *s = json_loads(r[2]->element[i + 1]->str, 0, NULL);
+        if (s)
+            json_object_set_new(d->rcpt_state, r[2]->element[i]->str, s);
+    }
+    q_replies_free(r, p.n);
+    return 0;
+}
+
+void queue_delivery_free(struct queue_delivery *d)
+{
+    free(d->body);
+    free(d->tenant);
+    free(d->mail_from);
+    json_decref(d->tags);
+    json_decref(d->metadata);
+    json_decref(d->rcpt_state);
+    json_decref(d->all_rcpts);
+    memset(d, 0, sizeof(*d));
+}
+
+static int status_terminal(const char *s)
+{
+    return s && (!strcmp(s, "delivered") || !strcmp(s, "bounced") || !strcmp(s, "suppressed") ||
+                 !strcmp(s, "cancelled"));
+}
+
+int queue_job_finish(struct queue *q, const struct queue_job *job, const struct queue_delivery *d,
+                     struct queue_outcome *o, size_t n, int64_t retry_due_ms)
+{
+    json_t *deferred = json_array();
+    json_t *final = json_deep_copy(d->rcpt_state);
+    struct q_pipe p;
+    q_pipe_begin(&p, q);
+    q_pipe_cmd(&p, "MULTI");
+    for (size_t i = 0; i < n; i++) {
+        const char *status = o[i].status;
+        json_t *st = json_pack("{s:s, s:i, s:s?}", "status", status, "attempts", job->attempt,
+                               "last_reply", o[i].last_reply);
+        char *st_s = json_dumps(st, JSON_COMPACT);
+        q_pipe_cmd(&p, "HSET mg:msg:%s:rcpt %s %s", job->msg_id, o[i].email, st_s);
+        json_object_set_new(final, o[i].email, st);
+        free(st_s);
+        if (o[i].event) {
+            char *ev_s = json_dumps(o[i].event, JSON_COMPACT);
+            q_pipe_cmd(&p, "RPUSH mg:msg:%s:events %s", job->msg_id, ev_s);
+            q_pipe_cmd(&p, "XADD mg:events:%s * e %s", d->tenant, ev_s);
+            free(ev_s);
+        }
+        if (!strcmp(status, "deferred"))
+            json_array_append_new(deferred, json_string(o[i].email));
+    }
+    if (json_array_size(deferred)) {
+        json_t *nj = json_pack("{s:s, s:O, s:i, s:s}", "m", job->msg_id, "r", deferred, "a",
+                               job->attempt + 1, "from", job->entry_id);
+        char *nj_s = json_dumps(nj, JSON_COMPACT);
+        q_pipe_cmd(&p, "ZADD " QUEUE_DELAYED " %lld %s", (long long)retry_due_ms, nj_s);
+        free(nj_s);
+        json_decref(nj);
+    }
+    int all_terminal = 1;
+    size_t i;
+    json_t *e;
+    json_array_foreach(d->all_rcpts, i, e) {
+        json_t *st = json_object_get(final, json_string_value(e));
+        if (!status_terminal(json_string_value(json_object_get(st, "status"))))
+            all_terminal = 0;
+    }
+    if (all_terminal)
+        q_pipe_cmd(&p, "DEL mg:msg:%s:body", job->msg_id);
+    q_pipe_cmd(&p, "XACK " QUEUE_STREAM " " QUEUE_GROUP " %s", job->entry_id);
+    q_pipe_cmd(&p, "XDEL " QUEUE_STREAM " %s", job->entry_id);
+    q_pipe_cmd(&p, "EXEC");
+    redisReply **r = q_pipe_end(&p);
+    int ok = r && r[p.n - 1]->type == REDIS_REPLY_ARRAY;
+    q_replies_free(r, p.n);
+    for (size_t k = 0; k < n; k++) {
+        json_decref(o[k].event);
+        o[k].event = NULL;
+    }
+    json_decref(deferred);
+    json_decref(final);
+    return ok ? 0 : -1;
+}
+
+int queue_schedule_due(struct queue *q, int64_t now_ms, int max)
+{
+    redisReply *r = q_cmd(q, "EVAL %s 2 " QUEUE_DELAYED " " QUEUE_STREAM " %lld %d", schedule_lua,
+                          (long long)now_ms, max);
+    if (!r)
+        return -1;
+    int n = r->type == REDIS_REPLY_INTEGER ? (int)r->integer : 0;
+    freeReplyObject(r);
+    return n;
+}

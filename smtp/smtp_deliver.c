@@ -1,0 +1,359 @@
+/*
+ * smtp_deliver.c - the delivery agent: worker threads that read jobs from
+ * the stream (consumer group "senders"), send each message in one SMTP
+ * transaction through a persistent session, and record one outcome per
+ * recipient; plus the scheduler that moves due retries back to the stream.
+ *
+ * Per job a worker makes three Redis round trips (read, load, record),
+ * never one per SMTP command. The job is acknowledged only in the same
+ * Redis transaction that records its outcome; if that cannot be written,
+ * the worker keeps retrying it (and a restart re-reads the pending entry),
+ * so an accepted message is never lost: delivery is at-least-once.
+ *
+ * Relays are tried in the order given: when a session to one cannot be
+ * opened, the next is tried for the same job.
+ * SECURITY: logs carry addresses and reply texts, never bodies or secrets.
+ */
+#include "smtp/smtp_deliver.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "queue/queue.h"
+#include "smtp/smtp.h"
+
+#define DELIVER_WORKERS_MAX 256
+#define DELIVER_BLOCK_MS 1000       /* XREADGROUP BLOCK; bounds stop latency */
+#define DELIVER_SCHEDULE_MS 250     /* how often due retries are looked for */
+#define DELIVER_BACKOFF_MAX_MS 8000 /* Redis reconnect back-off cap */
+
+struct worker {
+    pthread_t thread;
+    int index;
+    struct smtp_session **sessions; /* one per relay, opened on demand */
+};
+
+static struct {
+    char *redis_url, *helo;
+    int64_t retry_ms[16];
+    int nretry;
+    int64_t max_age_ms;
+    struct smtp_relay *relays;
+    size_t nrelays;
+    struct smtp_timeouts timeouts;
+    struct worker *workers;
+    int nworkers;
+    pthread_t scheduler;
+    int scheduler_started;
+    atomic_int stop;
+} dv;
+
+/* nap - sleep ms, waking early when asked to stop. */
+static void nap(int ms)
+{
+    while (ms > 0 && !atomic_load(&dv.stop)) {
+        int step = ms < 100 ? ms : 100;
+        struct timespec ts = {0, (long)step * 1000000L};
+        nanosleep(&ts, NULL);
+        ms -= step;
+    }
+}
+
+/* retry_delay - back-off for the given attempt, with +-10% jitter so that
+ * many deferred recipients do not come due at the same instant. */
+static int64_t retry_delay(int attempt)
+{
+    int i = attempt - 1 < dv.nretry ? attempt - 1 : dv.nretry - 1;
+    int64_t base = dv.retry_ms[i < 0 ? 0 : i];
+    unsigned r = 0;
+    util_random_bytes(&r, sizeof(r));
+    int64_t spread = base / 10;
+    return base - spread + (spread ? (int64_t)(r % (unsigned)(2 * spread + 1)) : 0);
+}
+
+static void fmt_reply(const struct smtp_rcpt *r, char *out, size_t len)
+{
+    if (r->reply.code)
+        snprintf(out, len, "%d%s%s%s%s", r->reply.code, r->reply.enhanced[0] ? " " : "",
+                 r->reply.enhanced, r->reply.text[0] ? " " : "", r->reply.text);
+    else
+        util_strlcpy(out, smtp_local_reason(r->local), len);
+}
+
+/* outcome_event - the event for one recipient's result. */
+static json_t *outcome_event(const char *type, const struct queue_job *job, const struct queue_delivery *d,
+                             const struct smtp_rcpt *r, const char *relay)
+{
+    json_t *ev = queue_event_new(type, job->msg_id, r->addr, d->tags, d->metadata);
+    if (r->reply.code) {
+        json_object_set_new(ev, "smtp", json_pack("{s:i, s:s?, s:s, s:s}", "code", r->reply.code,
+                                                  "enhanced_code", r->reply.enhanced[0] ? r->reply.enhanced : NULL,
+                                                  "reply", r->reply.text, "relay", relay));
+    } else {
+        json_object_set_new(ev, "reason", json_string(smtp_local_reason(r->local)));
+        json_object_set_new(ev, "relay", json_string(relay));
+    }
+    json_object_set_new(ev, "attempt", json_integer(job->attempt));
+    return ev;
+}
+
+/* try_relays - open a session, in relay order; the index used or -1 with
+ * the last failure in *fail. */
+static int try_relays(struct worker *w, struct smtp_rcpt *fail)
+{
+    for (size_t i = 0; i < dv.nrelays; i++) {
+        if (!w->sessions[i])
+            w->sessions[i] = smtp_session_new(&dv.relays[i], dv.helo, &dv.timeouts);
+        if (!w->sessions[i])
+            continue;
+        if (smtp_session_is_open(w->sessions[i]))
+            return (int)i;
+        struct smtp_reply why = {0};
+        enum smtp_local local = SMTP_LOCAL_NONE;
+        if (smtp_session_open(w->sessions[i], &why, &local) == 0)
+            return (int)i;
+        fail->reply = why;
+        fail->local = local ? local : (why.code ? SMTP_LOCAL_NONE : SMTP_LOCAL_CONNECT);
+        fail->stage = SMTP_STAGE_CONNECT;
+        log_kv(LOG_WARN, "relay_unavailable", "relay", dv.relays[i].name, "reason",
+               why.code ? why.text : smtp_local_reason(fail->local), NULL);
+    }
+    return -1;
+}
+
+/* record - write the outcomes, retrying while Redis is away: the outcome
+ * exists only in memory until this succeeds. */
+static void record(struct queue *q, const struct queue_job *job, const struct queue_delivery *d,
+                   struct queue_outcome *o, size_t n, int64_t due)
+{
+    int backoff = 100;
+    while (queue_job_finish(q, job, d, o, n, due) < 0) {
+        if (atomic_load(&dv.stop)) {
+            log_kv(LOG_ERROR, "outcome_not_recorded", "message_id", job->msg_id,
+                   "reason", "redis unavailable at shutdown; the job stays pending", NULL);
+            for (size_t i = 0; i < n; i++) {
+                json_decref(o[i].event);
+                o[i].event = NULL;
+            }
+            return;
+        }
+        nap(backoff);
+        backoff = backoff * 2 > DELIVER_BACKOFF_MAX_MS ? DELIVER_BACKOFF_MAX_MS : backoff * 2;
+    }
+}
+
+/* deliver_job - one job: load, send, decide per recipient, record. */
+static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job)
+{
+    struct queue_delivery d;
+    int rc = queue_delivery_load(q, job, &d);
+    if (rc < 0)
+        return; /* stays pending; read again after reconnect */
+    if (rc > 0) {
+        record(q, job, &d, NULL, 0, 0); /* message gone (retention): drop the job */
+        queue_delivery_free(&d);
+        return;
+    }
+    size_t n = json_array_size(job->rcpts);
+    struct smtp_rcpt *rc_v = calloc(n ? n : 1, sizeof(*rc_v));
+    struct queue_outcome *o = calloc(n ? n : 1, sizeof(*o));
+    char (*replies)[SMTP_REPLY_TEXT_MAX + 32] = calloc(n ? n : 1, sizeof(*replies));
+    size_t nt = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *addr = json_string_value(json_array_get(job->rcpts, i));
+        json_t *st = json_object_get(d.rcpt_state, addr ? addr : "");
+        const char *s = json_string_value(json_object_get(st, "status"));
+        /* A recipient whose outcome is already recorded is never sent again. */
+        if (!addr || (s && (!strcmp(s, "delivered") || !strcmp(s, "bounced") ||
+                            !strcmp(s, "suppressed") || !strcmp(s, "cancelled"))))
+            continue;
+        rc_v[nt++].addr = addr;
+    }
+
+    const char *relay_name = "none";
+    int64_t now = util_now_ms();
+    int expired = d.created_ms && now - d.created_ms >= dv.max_age_ms;
+    if (nt && !expired && d.body) {
+        struct smtp_rcpt fail = {0};
+        int ri = dv.nrelays ? try_relays(w, &fail) : -1;
+        if (ri < 0) {
+            if (!dv.nrelays)
+                fail.local = SMTP_LOCAL_CONNECT;
+            for (size_t i = 0; i < nt; i++) {
+                const char *a = rc_v[i].addr;
+                rc_v[i] = fail;
+                rc_v[i].addr = a;
+            }
+        } else {
+            relay_name = dv.relays[ri].name;
+            struct smtp_txn t = {.mail_from = d.mail_from, .rcpts = rc_v, .nrcpts = nt,
+                                 .data = d.body, .datalen = d.bodylen};
+            smtp_session_send(w->sessions[ri], &t);
+        }
+    }
+
+    int deferred = 0;
+    for (size_t i = 0; i < nt; i++) {
+        struct smtp_rcpt *r = &rc_v[i];
+        enum smtp_verdict v = smtp_verdict_of(r);
+        const char *type, *status;
+        o[i].email = r->addr;
+        fmt_reply(r, replies[i], sizeof(replies[i]));
+        if (!expired && !d.body) {
+            /* the body is gone while a recipient is open: cannot happen
+             * unless someone deleted keys; never retry forever. */
+            o[i].event = queue_event_new("bounced", job->msg_id, r->addr, d.tags, d.metadata);
+            json_object_set_new(o[i].event, "bounce_type", json_string("soft"));
+            json_object_set_new(o[i].event, "reason", json_string("internal_error"));
+            o[i].status = "bounced";
+            util_strlcpy(replies[i], "internal_error", sizeof(replies[i]));
+        } else if (expired || (v == SMTP_DEFER && now + retry_delay(job->attempt) - d.created_ms > dv.max_age_ms)) {
+            o[i].event = expired ? queue_event_new("bounced", job->msg_id, r->addr, d.tags, d.metadata)
+                                 : outcome_event("bounced", job, &d, r, relay_name);
+            json_object_set_new(o[i].event, "bounce_type", json_string("soft"));
+            json_object_set_new(o[i].event, "reason", json_string("expired"));
+            o[i].status = "bounced";
+            if (expired)
+                util_strlcpy(replies[i], "expired", sizeof(replies[i]));
+        } else {
+            type = v == SMTP_DELIVERED ? "delivered" : v == SMTP_BOUNCE ? "bounced" : "deferred";
+            status = type;
+            o[i].event = outcome_event(type, job, &d, r, relay_name);
+            if (v == SMTP_BOUNCE)
+                json_object_set_new(o[i].event, "bounce_type", json_string("hard"));
+            if (v == SMTP_DEFER)
+                deferred = 1;
+            o[i].status = status;
+        }
+        o[i].last_reply = replies[i];
+        char code[8];
+        snprintf(code, sizeof(code), "%d", r->reply.code);
+        log_kv(LOG_INFO, "delivery", "message_id", job->msg_id, "recipient", r->addr, "relay",
+               relay_name, "status", o[i].status, "code", code, "reply", replies[i], NULL);
+    }
+    int64_t due = deferred ? now + retry_delay(job->attempt) : 0;
+    record(q, job, &d, o, nt, due);
+    free(replies);
+    free(o);
+    free(rc_v);
+    queue_delivery_free(&d);
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    char err[128], consumer[300], host[256] = "host";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(consumer, sizeof(consumer), "%s-%d-%d", host, (int)getpid(), w->index);
+    struct queue *q = queue_open(dv.redis_url, err, sizeof(err));
+    int backoff = 100;
+    while (q && !atomic_load(&dv.stop)) {
+        struct queue_job job;
+        int rc = queue_job_read(q, consumer, DELIVER_BLOCK_MS, &job);
+        if (rc < 0) {
+            nap(backoff);
+            backoff = backoff * 2 > DELIVER_BACKOFF_MAX_MS ? DELIVER_BACKOFF_MAX_MS : backoff * 2;
+            continue;
+        }
+        backoff = 100;
+        if (rc > 0)
+            continue;
+        deliver_job(w, q, &job);
+        queue_job_free(&job);
+    }
+    for (size_t i = 0; i < dv.nrelays; i++) {
+        if (w->sessions[i])
+            smtp_session_quit(w->sessions[i]);
+        smtp_session_free(w->sessions[i]);
+        w->sessions[i] = NULL;
+    }
+    queue_close(q);
+    return NULL;
+}
+
+static void *scheduler_main(void *arg)
+{
+    char err[128];
+    struct queue *q = queue_open(dv.redis_url, err, sizeof(err));
+    int backoff = 100;
+    while (q && !atomic_load(&dv.stop)) {
+        int moved = queue_schedule_due(q, util_now_ms(), 100);
+        if (moved < 0) {
+            nap(backoff);
+            backoff = backoff * 2 > DELIVER_BACKOFF_MAX_MS ? DELIVER_BACKOFF_MAX_MS : backoff * 2;
+            continue;
+        }
+        backoff = 100;
+        if (moved < 100)
+            nap(DELIVER_SCHEDULE_MS);
+    }
+    queue_close(q);
+    return NULL;
+}
+
+int smtp_deliver_start(const struct smtp_deliver_config *c)
+{
+    char err[256];
+    memset(&dv, 0, sizeof(dv));
+    dv.redis_url = strdup(c->redis_url);
+    dv.helo = strdup(c->helo);
+    dv.nretry = c->nretry < 16 ? c->nretry : 16;
+    memcpy(dv.retry_ms, c->retry_ms, sizeof(int64_t) * (size_t)dv.nretry);
+    dv.max_age_ms = c->max_age_ms;
+    smtp_timeouts_default(&dv.timeouts);
+    if (c->relays && *c->relays && smtp_relays_parse(c->relays, &dv.relays, &dv.nrelays, err, sizeof(err)) < 0) {
+        log_kv(LOG_ERROR, "relays_invalid", "reason", err, NULL);
+        return -1;
+    }
+    if (!dv.nrelays)
+        log_kv(LOG_WARN, "no_relays", "reason", "MAILGATE_RELAYS is empty: messages will be deferred", NULL);
+    /* Sessions write to sockets the relay may close: never die of SIGPIPE. */
+    signal(SIGPIPE, SIG_IGN);
+    char e2[128];
+    struct queue *q = queue_open(dv.redis_url, e2, sizeof(e2));
+    if (q) {
+        queue_group_ensure(q);
+        queue_close(q);
+    }
+    dv.nworkers = dv.nrelays ? dv.relays[0].pool : 1;
+    for (size_t i = 1; i < dv.nrelays; i++)
+        if (dv.relays[i].pool > dv.nworkers)
+            dv.nworkers = dv.relays[i].pool;
+    if (dv.nworkers > DELIVER_WORKERS_MAX)
+        dv.nworkers = DELIVER_WORKERS_MAX;
+    dv.workers = calloc((size_t)dv.nworkers, sizeof(*dv.workers));
+    for (int i = 0; i < dv.nworkers; i++) {
+        dv.workers[i].index = i;
+        dv.workers[i].sessions = calloc(dv.nrelays ? dv.nrelays : 1, sizeof(struct smtp_session *));
+        pthread_create(&dv.workers[i].thread, NULL, worker_main, &dv.workers[i]);
+    }
+    dv.scheduler_started = pthread_create(&dv.scheduler, NULL, scheduler_main, NULL) == 0;
+    char nw[16];
+    snprintf(nw, sizeof(nw), "%d", dv.nworkers);
+    log_kv(LOG_INFO, "sender_started", "workers", nw, NULL);
+    return 0;
+}
+
+void smtp_deliver_stop(void)
+{
+    atomic_store(&dv.stop, 1);
+    for (int i = 0; i < dv.nworkers; i++) {
+        pthread_join(dv.workers[i].thread, NULL);
+        free(dv.workers[i].sessions);
+    }
+    if (dv.scheduler_started)
+        pthread_join(dv.scheduler, NULL);
+    free(dv.workers);
+    smtp_relays_free(dv.relays, dv.nrelays);
+    free(dv.redis_url);
+    free(dv.helo);
+    memset(&dv, 0, sizeof(dv));
+}
