@@ -131,51 +131,123 @@ static int is_json_type(const char *ct)
            (ct[16] == '\0' || ct[16] == ';' || ct[16] == ' ');
 }
 
-/* route - dispatch one complete request. */
-static void route(struct gw_req *req, struct gw_resp *resp)
-{
-    const char *m = req->method, *p = req->path;
-    int get = !strcmp(m, "GET") || !strcmp(m, "HEAD"), post = !strcmp(m, "POST");
+/*
+ * The route table. A pattern is matched segment by segment; "*" matches
+ * one non-empty segment, which is passed to the handler as arg (the first
+ * "*" only). scope NULL means no authentication (public routes).
+ * Add a route by adding a row; keep more specific patterns first.
+ */
+typedef void (*gw_handler)(struct gw_req *req, struct gw_resp *resp, const char *arg);
 
-    if (!strcmp(p, "/healthz")) {
-        resp->status = 200;
-        resp->body = json_pack("{s:s}", "status", "ok");
-        return;
-    }
-    if (!strcmp(p, "/readyz")) {
-        if (!req->q || queue_ping(req->q) < 0) {
-            unavailable(resp);
-            return;
-        }
-        resp->status = 200;
-        resp->body = json_pack("{s:s}", "status", "ready");
-        return;
-    }
-    if (strncmp(p, "/v1/", 4) != 0) {
-        gw_error(resp, 404, "not_found", NULL, "no such route");
-        return;
-    }
-    if (!req->q) {
+struct gw_route {
+    const char *method;
+    const char *pattern;
+    const char *scope;
+    gw_handler handler;
+};
+
+static void h_healthz(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    resp->status = 200;
+    resp->body = json_pack("{s:s}", "status", "ok");
+}
+
+static void h_readyz(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    if (!req->q || queue_ping(req->q) < 0) {
         unavailable(resp);
         return;
     }
-    if (!strcmp(p, "/v1/messages") && post) {
-        if (authenticate(req, resp, "send") == 0)
-            gw_send_message(req, resp);
-    } else if (!strcmp(p, "/v1/messages") && get) {
-        if (authenticate(req, resp, "read") == 0)
-            gw_list_messages(req, resp);
-    } else if (!strncmp(p, "/v1/messages/", 13) && get && p[13] && !strchr(p + 13, '/')) {
-        if (authenticate(req, resp, "read") == 0)
-            gw_get_message(req, resp, p + 13);
-    } else if (!strcmp(p, "/v1/events") && get) {
-        if (authenticate(req, resp, "read") == 0)
-            gw_list_events(req, resp);
-    } else if (!strcmp(p, "/v1/messages") || !strncmp(p, "/v1/messages/", 13) || !strcmp(p, "/v1/events")) {
-        gw_error(resp, 405, "method_not_allowed", NULL, "method %s not allowed here", m);
-    } else {
-        gw_error(resp, 404, "not_found", NULL, "no such route");
+    resp->status = 200;
+    resp->body = json_pack("{s:s}", "status", "ready");
+}
+
+static void h_send(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_send_message(req, resp);
+}
+
+static void h_get_message(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_get_message(req, resp, arg);
+}
+
+static void h_list_messages(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_list_messages(req, resp);
+}
+
+static void h_list_events(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_list_events(req, resp);
+}
+
+static const struct gw_route routes[] = {
+    {"GET", "/healthz", NULL, h_healthz},
+    {"GET", "/readyz", NULL, h_readyz},
+    {"POST", "/v1/messages", "send", h_send},
+    {"GET", "/v1/messages", "read", h_list_messages},
+    {"GET", "/v1/messages/*", "read", h_get_message},
+    {"GET", "/v1/events", "read", h_list_events},
+    {NULL, NULL, NULL, NULL},
+};
+
+/* route_match - 1 when path matches pattern; the first "*" segment is
+ * copied into arg (arglen bytes). */
+static int route_match(const char *pattern, const char *path, char *arg, size_t arglen)
+{
+    int got_arg = 0;
+    arg[0] = '\0';
+    while (*pattern && *path) {
+        if (*pattern != '/' || *path != '/')
+            return 0;
+        pattern++, path++;
+        size_t pl = strcspn(pattern, "/"), sl = strcspn(path, "/");
+        if (pl == 1 && *pattern == '*') {
+            if (sl == 0)
+                return 0;
+            if (!got_arg) {
+                if (sl >= arglen)
+                    return 0;
+                memcpy(arg, path, sl);
+                arg[sl] = '\0';
+                got_arg = 1;
+            }
+        } else if (pl != sl || strncmp(pattern, path, pl) != 0) {
+            return 0;
+        }
+        pattern += pl, path += sl;
     }
+    return *pattern == '\0' && *path == '\0';
+}
+
+/* route - dispatch one complete request through the table. */
+static void route(struct gw_req *req, struct gw_resp *resp)
+{
+    const char *m = !strcmp(req->method, "HEAD") ? "GET" : req->method;
+    char arg[1024];
+    int path_known = 0;
+    for (const struct gw_route *r = routes; r->method; r++) {
+        if (!route_match(r->pattern, req->path, arg, sizeof(arg)))
+            continue;
+        path_known = 1;
+        if (strcmp(r->method, m) != 0)
+            continue;
+        if (r->scope) {
+            if (!req->q) {
+                unavailable(resp);
+                return;
+            }
+            if (authenticate(req, resp, r->scope) < 0)
+                return;
+        }
+        r->handler(req, resp, arg);
+        return;
+    }
+    if (path_known)
+        gw_error(resp, 405, "method_not_allowed", NULL, "method %s not allowed here", req->method);
+    else
+        gw_error(resp, 404, "not_found", NULL, "no such route");
 }
 
 static enum MHD_Result send_resp(struct MHD_Connection *conn, struct gw_conn *gc, struct gw_resp *r)
