@@ -89,5 +89,8 @@ void gw_send_message(struct gw_req *req, struct gw_resp *resp);
 void gw_get_message(struct gw_req *req, struct gw_resp *resp, const char *id);
 void gw_list_messages(struct gw_req *req, struct gw_resp *resp);
 void gw_list_events(struct gw_req *req, struct gw_resp *resp);
+void gw_supp_list(struct gw_req *req, struct gw_resp *resp);
+void gw_supp_add(struct gw_req *req, struct gw_resp *resp);
+void gw_supp_delete(struct gw_req *req, struct gw_resp *resp, const char *email);
 
 #endif

@@ -182,6 +182,21 @@ static void h_list_events(struct gw_req *req, struct gw_resp *resp, const char *
     gw_list_events(req, resp);
 }
 
+static void h_supp_list(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_supp_list(req, resp);
+}
+
+static void h_supp_add(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_supp_add(req, resp);
+}
+
+static void h_supp_delete(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_supp_delete(req, resp, arg);
+}
+
 static const struct gw_route routes[] = {
     {"GET", "/healthz", NULL, h_healthz},
     {"GET", "/readyz", NULL, h_readyz},
@@ -189,6 +204,9 @@ static const struct gw_route routes[] = {
     {"GET", "/v1/messages", "read", h_list_messages},
     {"GET", "/v1/messages/*", "read", h_get_message},
     {"GET", "/v1/events", "read", h_list_events},
+    {"GET", "/v1/suppressions", "suppressions", h_supp_list},
+    {"POST", "/v1/suppressions", "suppressions", h_supp_add},
+    {"DELETE", "/v1/suppressions/*", "suppressions", h_supp_delete},
     {NULL, NULL, NULL, NULL},
 };
 

@@ -394,6 +394,27 @@ static void add_rcpts(struct queue_rcpt *v, size_t *n, const struct mime_addr_li
     }
 }
 
+/* mark_suppressed - recipients on the tenant's suppression list get status
+ * "suppressed" (recorded, never sent). 0, or -1 with resp set (503). */
+static int mark_suppressed(struct gw_req *req, struct gw_resp *resp, struct queue_rcpt *v, size_t n)
+{
+    const char **emails = calloc(n ? n : 1, sizeof(*emails));
+    int *hit = calloc(n ? n : 1, sizeof(*hit));
+    for (size_t i = 0; i < n; i++)
+        emails[i] = v[i].email;
+    int rc = queue_supp_check(req->q, req->key.tenant, emails, n, hit);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        if (hit[i])
+            v[i].status = "suppressed";
+    free(emails);
+    free(hit);
+    if (rc < 0) {
+        gw_error(resp, 503, "unavailable", NULL, "the queue store (Redis) is unavailable; nothing was queued");
+        util_strlcpy(resp->retry_after, "5", sizeof(resp->retry_after));
+    }
+    return rc;
+}
+
 void gw_send_message(struct gw_req *req, struct gw_resp *resp)
 {
     json_error_t jerr;
@@ -443,6 +464,11 @@ void gw_send_message(struct gw_req *req, struct gw_resp *resp)
     add_rcpts(rcpts, &nr, &s.to, st);
     add_rcpts(rcpts, &nr, &s.cc, st);
     add_rcpts(rcpts, &nr, &s.bcc, st);
+    if (mark_suppressed(req, resp, rcpts, nr) < 0) {
+        free(rcpts);
+        buf_free(&body);
+        goto out;
+    }
 
     /* The record keeps the From as a person reads it, not encoded. */
     char from_plain[2200];

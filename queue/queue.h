@@ -203,6 +203,8 @@ struct queue_outcome {
     const char *status;      /* "delivered", "deferred", "bounced" */
     json_t *event;           /* the event to record (stolen: freed by finish) */
     const char *last_reply;  /* "250 2.0.0 ok" or a local reason */
+    int suppress;            /* also add the address to the tenant's suppression
+                                list (a hard bounce for a bad mailbox, 5.1.x) */
 };
 
 /* queue_job_finish - in one MULTI/EXEC: set each recipient's status and
@@ -216,5 +218,25 @@ int queue_job_finish(struct queue *q, const struct queue_job *job, const struct 
 /* queue_schedule_due - move up to max delayed jobs whose time has come to
  * the stream, atomically (Lua). Returns the number moved, or -1. */
 int queue_schedule_due(struct queue *q, int64_t now_ms, int max);
+
+/* ---- suppressions (queue_supp.c) --------------------------------------
+ * mg:supp:{t} hash: lower-cased email -> {"email","reason","created_at"}.
+ * A suppressed recipient is recorded "suppressed" at send and never sent. */
+
+/* queue_supp_add - add (or refresh) email with reason ("manual",
+ * "hard_bounce", "unsubscribed", ...). *out gets the record when out is
+ * not NULL. Returns 0 or -1. */
+int queue_supp_add(struct queue *q, const char *tenant, const char *email, const char *reason, json_t **out);
+
+/* queue_supp_remove - 0 when removed, 1 when absent, -1 on error. */
+int queue_supp_remove(struct queue *q, const char *tenant, const char *email);
+
+/* queue_supp_check - for each of n emails set hit[i] = 1 when suppressed.
+ * One round trip. Returns 0 or -1. */
+int queue_supp_check(struct queue *q, const char *tenant, const char *const *emails, size_t n, int *hit);
+
+/* queue_supp_list - {"data": [...], "next_cursor": ...}; cursor is opaque
+ * (Redis HSCAN cursor). Returns 0, 1 for a bad cursor, -1 on error. */
+int queue_supp_list(struct queue *q, const char *tenant, const char *cursor, int limit, json_t **out);
 
 #endif

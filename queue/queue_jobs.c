@@ -15,6 +15,7 @@
  */
 #include "queue/queue_int.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -221,6 +222,19 @@ int queue_job_finish(struct queue *q, const struct queue_job *job, const struct 
         }
         if (!strcmp(status, "deferred"))
             json_array_append_new(deferred, json_string(o[i].email));
+        if (o[i].suppress) {
+            char key[330], ts[40];
+            size_t k = 0;
+            for (; o[i].email[k] && k + 1 < sizeof(key); k++)
+                key[k] = (char)tolower((unsigned char)o[i].email[k]);
+            key[k] = '\0';
+            json_t *rec = json_pack("{s:s, s:s, s:s}", "email", o[i].email, "reason", "hard_bounce",
+                                    "created_at", util_rfc3339(util_now_ms(), ts, sizeof(ts)));
+            char *rec_s = json_dumps(rec, JSON_COMPACT);
+            q_pipe_cmd(&p, "HSET mg:supp:%s %s %s", d->tenant, key, rec_s);
+            free(rec_s);
+            json_decref(rec);
+        }
     }
     if (json_array_size(deferred)) {
         json_t *nj = json_pack("{s:s, s:O, s:i, s:s}", "m", job->msg_id, "r", deferred, "a",

@@ -227,8 +227,12 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
             type = v == SMTP_DELIVERED ? "delivered" : v == SMTP_BOUNCE ? "bounced" : "deferred";
             status = type;
             o[i].event = outcome_event(type, job, &d, r, relay_name);
-            if (v == SMTP_BOUNCE)
+            if (v == SMTP_BOUNCE) {
                 json_object_set_new(o[i].event, "bounce_type", json_string("hard"));
+                /* A bad mailbox (5.1.x) is suppressed; a policy block (5.7.x)
+                 * says nothing about the address and is not. */
+                o[i].suppress = !strncmp(r->reply.enhanced, "5.1.", 4);
+            }
             if (v == SMTP_DEFER)
                 deferred = 1;
             o[i].status = status;
