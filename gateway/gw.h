@@ -10,9 +10,11 @@
 #include <stdint.h>
 
 #include "queue/queue.h"
+#include "templates/mime.h"
 
 #define GW_BODY_MAX ((size_t)35 * 1024 * 1024)  /* request body, bytes */
-#define GW_MESSAGE_MAX ((size_t)25 * 1024 * 1024) /* rendered message, bytes */
+#define GW_MESSAGE_MAX ((size_t)25 * 1024 * 1024) /* rendered message, bytes: MAILGATE_MAX_MESSAGE_SIZE default */
+#define GW_MESSAGE_MAX_LIMIT ((size_t)48 * 1024 * 1024) /* largest MAILGATE_MAX_MESSAGE_SIZE allowed */
 #define GW_RCPTS_MAX 50          /* to + cc + bcc, unless the tenant says otherwise */
 #define GW_BATCH_MAX 500         /* messages per batch */
 #define GW_HEADER_VALUE_MAX 1000 /* characters in the subject or one header value */
@@ -21,6 +23,7 @@
 #define GW_TAGS_MAX 100
 #define GW_METADATA_MAX 100
 #define GW_RETRY_STEPS_MAX 16
+#define GW_TEMPLATES_MAX 1000    /* stored templates per tenant */
 
 /* The configuration, read once at start-up from the environment. */
 struct gw_config {
@@ -34,7 +37,11 @@ struct gw_config {
     char log_level[16];
     int64_t max_age_ms;        /* MAILGATE_MAX_AGE */
     int retention_days;        /* MAILGATE_RETENTION_DAYS */
+    size_t max_message;        /* MAILGATE_MAX_MESSAGE_SIZE: rendered message, bytes */
+    struct mime_dkim_keys *dkim; /* MAILGATE_DKIM_KEYS; owned, lives as long as the process */
     int64_t retry_ms[GW_RETRY_STEPS_MAX]; /* MAILGATE_RETRY_SCHEDULE */
+    char smtp_timeouts[512];   /* MAILGATE_SMTP_TIMEOUTS */
+    int64_t shutdown_ms;       /* MAILGATE_SHUTDOWN_TIMEOUT: in-flight grace on SIGTERM */
     int nretry;
 };
 
@@ -48,6 +55,9 @@ void gw_config_log(const struct gw_config *c);
 /* gw_http_start - start the HTTP API on c->listen with a pool of threads
  * (role "api" or "all"). Returns 0 or -1 (logged). */
 int gw_http_start(const struct gw_config *c);
+
+/* gw_http_drain - from now on refuse new sends with 503 (shutdown). */
+void gw_http_drain(void);
 
 /* gw_http_stop - stop the listener and wait for its threads. */
 void gw_http_stop(void);
@@ -75,6 +85,9 @@ struct gw_resp {
     int status;
     json_t *body;              /* owned; NULL for no body (204) */
     char retry_after[16];      /* Retry-After value or "" */
+    int replayed;              /* answer replayed for an Idempotency-Key */
+    char *text;                /* owned plain-text body (used when body is NULL) */
+    const char *text_type;     /* its Content-Type */
 };
 
 /* gw_error - set an error response {"error": {type, message, field?}}. */
@@ -84,6 +97,12 @@ void gw_error(struct gw_resp *r, int status, const char *type, const char *field
 /* gw_query - a query-string argument of the request, or NULL. */
 const char *gw_query(const struct gw_req *req, const char *name);
 
+/* gw_metrics - GET /metrics: Prometheus text exposition. */
+void gw_metrics(struct gw_req *req, struct gw_resp *resp);
+
+/* gw_count_http - count one answered request by status (for /metrics). */
+void gw_count_http(int status);
+
 /* Route handlers. */
 void gw_send_message(struct gw_req *req, struct gw_resp *resp);
 void gw_get_message(struct gw_req *req, struct gw_resp *resp, const char *id);
@@ -92,5 +111,23 @@ void gw_list_events(struct gw_req *req, struct gw_resp *resp);
 void gw_supp_list(struct gw_req *req, struct gw_resp *resp);
 void gw_supp_add(struct gw_req *req, struct gw_resp *resp);
 void gw_supp_delete(struct gw_req *req, struct gw_resp *resp, const char *email);
+
+/* Stored templates (gw_templates.c): PUT, GET, DELETE /v1/templates/{name},
+ * GET /v1/templates and POST /v1/templates/{name}/render. */
+void gw_tmpl_put(struct gw_req *req, struct gw_resp *resp, const char *name);
+void gw_tmpl_get(struct gw_req *req, struct gw_resp *resp, const char *name);
+void gw_tmpl_delete(struct gw_req *req, struct gw_resp *resp, const char *name);
+void gw_tmpl_list(struct gw_req *req, struct gw_resp *resp);
+void gw_tmpl_render(struct gw_req *req, struct gw_resp *resp, const char *name);
+
+/* gw_tmpl_apply - the template/data/strict part of a send request o (an
+ * object, borrowed): with "template", replace o's subject, text and html
+ * by the stored template rendered with "data"; without it but with "data",
+ * render o's own subject/text/html (string members only) with data. The
+ * results replace the members in o, so the send checks that follow (CR/LF
+ * and length of the subject) apply to what is sent. Nothing to do without
+ * template and data. Returns 0, or -1 with resp set (422 naming the field,
+ * 413 when the output is too large, 503 when Redis failed). */
+int gw_tmpl_apply(struct gw_req *req, struct gw_resp *resp, json_t *o);
 
 #endif

@@ -6,6 +6,7 @@
  */
 #include "gateway/gw.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +98,29 @@ int gw_config_load(struct gw_config *c)
     if (*end || days < 1 || days > 3650)
         return bad("MAILGATE_RETENTION_DAYS", "expected whole days from 1 to 3650");
     c->retention_days = (int)days;
+    if (copy(c->smtp_timeouts, sizeof(c->smtp_timeouts), "MAILGATE_SMTP_TIMEOUTS", ""))
+        return -1;
+    if (c->smtp_timeouts[0]) {
+        struct smtp_timeouts t;
+        smtp_timeouts_default(&t);
+        if (smtp_timeouts_parse(c->smtp_timeouts, &t, err, sizeof(err)) < 0)
+            return bad("MAILGATE_SMTP_TIMEOUTS", err);
+    }
+    if (util_parse_duration(env("MAILGATE_SHUTDOWN_TIMEOUT", "30s"), &c->shutdown_ms) < 0 ||
+        c->shutdown_ms > 3600 * 1000)
+        return bad("MAILGATE_SHUTDOWN_TIMEOUT", "expected a duration up to 1h, such as 30s");
+    /* Rendered message size: bytes, or K/M (binary) multiples. */
+    const char *ms = env("MAILGATE_MAX_MESSAGE_SIZE", "25M");
+    unsigned long long mb = strtoull(ms, &end, 10);
+    unsigned long long mult = (*end == 'K' || *end == 'k') ? 1024 : (*end == 'M' || *end == 'm') ? 1024 * 1024 : 1;
+    if (mult > 1)
+        end++;
+    if (!isdigit((unsigned char)ms[0]) || *end || mb == 0 || mb > GW_MESSAGE_MAX_LIMIT / mult ||
+        mb * mult < 1024)
+        return bad("MAILGATE_MAX_MESSAGE_SIZE", "expected bytes, or a size such as 512K or 25M, from 1K to 48M");
+    c->max_message = (size_t)(mb * mult);
+    if (mime_dkim_keys_load(env("MAILGATE_DKIM_KEYS", ""), &c->dkim, err, sizeof(err)) < 0)
+        return bad("MAILGATE_DKIM_KEYS", err);
     /* Back-off between attempts; the last step repeats until MAX_AGE. */
     char sched[512];
     if (copy(sched, sizeof(sched), "MAILGATE_RETRY_SCHEDULE", "1m,5m,15m,30m,1h"))
@@ -155,7 +179,11 @@ void gw_config_log(const struct gw_config *c)
     mask_url(c->relays, relays, sizeof(relays));
     snprintf(age, sizeof(age), "%llds", (long long)(c->max_age_ms / 1000));
     snprintf(days, sizeof(days), "%d", c->retention_days);
+    char maxmsg[24], dkim[1024];
+    snprintf(maxmsg, sizeof(maxmsg), "%zu", c->max_message);
+    mime_dkim_keys_describe(c->dkim, dkim, sizeof(dkim)); /* domains and selectors, never paths or keys */
     log_kv(LOG_INFO, "config", "listen", c->listen, "admin_listen", c->admin_listen, "redis_url",
            redis, "relays", relays, "helo", c->helo, "public_url", c->public_url, "max_age", age,
-           "retention_days", days, "log_level", c->log_level, NULL);
+           "retention_days", days, "log_level", c->log_level, "max_message_size", maxmsg, "dkim_keys", dkim,
+           NULL);
 }

@@ -15,6 +15,7 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@ struct gw_conn {
 
 static struct MHD_Daemon *gw_daemon;
 static const struct gw_config *gw_cfg;
+static atomic_int gw_draining;
 static pthread_key_t gw_queue_key;
 static pthread_once_t gw_queue_once = PTHREAD_ONCE_INIT;
 
@@ -144,6 +146,7 @@ struct gw_route {
     const char *pattern;
     const char *scope;
     gw_handler handler;
+    int idempotent;            /* honours the Idempotency-Key header */
 };
 
 static void h_healthz(struct gw_req *req, struct gw_resp *resp, const char *arg)
@@ -154,12 +157,19 @@ static void h_healthz(struct gw_req *req, struct gw_resp *resp, const char *arg)
 
 static void h_readyz(struct gw_req *req, struct gw_resp *resp, const char *arg)
 {
-    if (!req->q || queue_ping(req->q) < 0) {
+    struct queue_stats st;
+    if (!req->q || queue_stats_get(req->q, &st) < 0) {
         unavailable(resp);
         return;
     }
+    char ts[40];
     resp->status = 200;
-    resp->body = json_pack("{s:s}", "status", "ready");
+    resp->body = json_pack("{s:s, s:I, s:I, s:I}", "status", "ready", "queue_jobs", (json_int_t)st.stream_len,
+                           "queue_delayed", (json_int_t)st.delayed, "oldest_open_age_seconds",
+                           (json_int_t)(st.oldest_open_ms ? (util_now_ms() - st.oldest_open_ms) / 1000 : 0));
+    if (st.oldest_open_ms)
+        json_object_set_new(resp->body, "oldest_open_created_at",
+                            json_string(util_rfc3339(st.oldest_open_ms, ts, sizeof(ts))));
 }
 
 static void h_send(struct gw_req *req, struct gw_resp *resp, const char *arg)
@@ -197,17 +207,53 @@ static void h_supp_delete(struct gw_req *req, struct gw_resp *resp, const char *
     gw_supp_delete(req, resp, arg);
 }
 
+static void h_metrics(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_metrics(req, resp);
+}
+
+static void h_tmpl_list(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_tmpl_list(req, resp);
+}
+
+static void h_tmpl_get(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_tmpl_get(req, resp, arg);
+}
+
+static void h_tmpl_put(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_tmpl_put(req, resp, arg);
+}
+
+static void h_tmpl_delete(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_tmpl_delete(req, resp, arg);
+}
+
+static void h_tmpl_render(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_tmpl_render(req, resp, arg);
+}
+
 static const struct gw_route routes[] = {
-    {"GET", "/healthz", NULL, h_healthz},
-    {"GET", "/readyz", NULL, h_readyz},
-    {"POST", "/v1/messages", "send", h_send},
-    {"GET", "/v1/messages", "read", h_list_messages},
-    {"GET", "/v1/messages/*", "read", h_get_message},
-    {"GET", "/v1/events", "read", h_list_events},
-    {"GET", "/v1/suppressions", "suppressions", h_supp_list},
-    {"POST", "/v1/suppressions", "suppressions", h_supp_add},
-    {"DELETE", "/v1/suppressions/*", "suppressions", h_supp_delete},
-    {NULL, NULL, NULL, NULL},
+    {"GET", "/healthz", NULL, h_healthz, 0},
+    {"GET", "/readyz", NULL, h_readyz, 0},
+    {"GET", "/metrics", NULL, h_metrics, 0},
+    {"POST", "/v1/messages", "send", h_send, 1},
+    {"GET", "/v1/messages", "read", h_list_messages, 0},
+    {"GET", "/v1/messages/*", "read", h_get_message, 0},
+    {"GET", "/v1/events", "read", h_list_events, 0},
+    {"GET", "/v1/suppressions", "suppressions", h_supp_list, 0},
+    {"POST", "/v1/suppressions", "suppressions", h_supp_add, 0},
+    {"DELETE", "/v1/suppressions/*", "suppressions", h_supp_delete, 0},
+    {"GET", "/v1/templates", "templates", h_tmpl_list, 0},
+    {"POST", "/v1/templates/*/render", "templates", h_tmpl_render, 0},
+    {"GET", "/v1/templates/*", "templates", h_tmpl_get, 0},
+    {"PUT", "/v1/templates/*", "templates", h_tmpl_put, 0},
+    {"DELETE", "/v1/templates/*", "templates", h_tmpl_delete, 0},
+    {NULL, NULL, NULL, NULL, 0},
 };
 
 /* route_match - 1 when path matches pattern; the first "*" segment is
@@ -239,6 +285,52 @@ static int route_match(const char *pattern, const char *path, char *arg, size_t 
     return *pattern == '\0' && *path == '\0';
 }
 
+/* idempotent_call - run a handler under an Idempotency-Key (contract
+ * "Header Idempotency-Key"): a repeat with the same body bytes replays the
+ * first 2xx answer; other bytes, or a repeat while the first runs, is 409. */
+static void idempotent_call(const struct gw_route *r, struct gw_req *req, struct gw_resp *resp,
+                            const char *arg, const char *ikey)
+{
+    size_t klen = strlen(ikey);
+    if (klen == 0 || klen > 256 || util_has_crlf(ikey)) {
+        gw_error(resp, 422, "validation_error", "Idempotency-Key", "Idempotency-Key must have 1 to 256 characters");
+        return;
+    }
+    char route_id[128], hash[65];
+    snprintf(route_id, sizeof(route_id), "%s %s", r->method, r->pattern);
+    util_sha256_hex(req->body, req->bodylen, hash);
+    int status = 0;
+    char *body = NULL;
+    int rc = queue_idem_begin(req->q, req->key.tenant, route_id, ikey, hash, &status, &body);
+    switch (rc) {
+    case QUEUE_IDEM_NEW:
+        break;
+    case QUEUE_IDEM_REPLAY:
+        resp->status = status;
+        resp->body = json_loads(body, JSON_DECODE_ANY, NULL);
+        resp->replayed = 1;
+        free(body);
+        return;
+    case QUEUE_IDEM_CONFLICT:
+        gw_error(resp, 409, "idempotency_conflict", "Idempotency-Key",
+                 "this Idempotency-Key was used with a different request body");
+        return;
+    case QUEUE_IDEM_IN_PROGRESS:
+        gw_error(resp, 409, "idempotency_in_progress", "Idempotency-Key",
+                 "a request with this Idempotency-Key is still being processed");
+        util_strlcpy(resp->retry_after, "1", sizeof(resp->retry_after));
+        return;
+    default:
+        unavailable(resp);
+        return;
+    }
+    r->handler(req, resp, arg);
+    char *text = resp->body ? json_dumps(resp->body, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    /* If this fails the claim simply expires; the answer stands. */
+    queue_idem_finish(req->q, req->key.tenant, route_id, ikey, resp->status, text);
+    free(text);
+}
+
 /* route - dispatch one complete request through the table. */
 static void route(struct gw_req *req, struct gw_resp *resp)
 {
@@ -251,6 +343,11 @@ static void route(struct gw_req *req, struct gw_resp *resp)
         path_known = 1;
         if (strcmp(r->method, m) != 0)
             continue;
+        if (!strcmp(m, "POST") && atomic_load(&gw_draining)) {
+            gw_error(resp, 503, "shutting_down", NULL, "this instance is shutting down; retry shortly");
+            util_strlcpy(resp->retry_after, "2", sizeof(resp->retry_after));
+            return;
+        }
         if (r->scope) {
             if (!req->q) {
                 unavailable(resp);
@@ -259,7 +356,11 @@ static void route(struct gw_req *req, struct gw_resp *resp)
             if (authenticate(req, resp, r->scope) < 0)
                 return;
         }
-        r->handler(req, resp, arg);
+        const char *ikey = r->idempotent ? MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Idempotency-Key") : NULL;
+        if (ikey)
+            idempotent_call(r, req, resp, arg, ikey);
+        else
+            r->handler(req, resp, arg);
         return;
     }
     if (path_known)
@@ -272,17 +373,26 @@ static enum MHD_Result send_resp(struct MHD_Connection *conn, struct gw_conn *gc
 {
     char *text = NULL;
     size_t len = 0;
+    gw_count_http(r->status);
     if (r->body) {
         text = json_dumps(r->body, JSON_COMPACT | JSON_ENCODE_ANY);
         len = text ? strlen(text) : 0;
+    } else if (r->text) {
+        text = r->text;
+        r->text = NULL;
+        len = strlen(text);
     }
     struct MHD_Response *mr =
         MHD_create_response_from_buffer(len, text ? text : (void *)"", text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
     if (r->body)
         MHD_add_response_header(mr, "Content-Type", "application/json");
+    else if (len && r->text_type)
+        MHD_add_response_header(mr, "Content-Type", r->text_type);
     MHD_add_response_header(mr, "X-Request-Id", gc->request_id);
     if (r->retry_after[0])
         MHD_add_response_header(mr, "Retry-After", r->retry_after);
+    if (r->replayed)
+        MHD_add_response_header(mr, "Idempotent-Replayed", "true");
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned)r->status, mr);
     MHD_destroy_response(mr);
     json_decref(r->body);
@@ -412,6 +522,11 @@ int gw_http_start(const struct gw_config *c)
     }
     log_kv(LOG_INFO, "listening", "listen", c->listen, NULL);
     return 0;
+}
+
+void gw_http_drain(void)
+{
+    atomic_store(&gw_draining, 1);
 }
 
 void gw_http_stop(void)

@@ -6,6 +6,9 @@
  * answered with a 4xx naming the failing field ("to[1]", "headers.X-Tag"),
  * and nothing is queued. The rendered message is stored with its record,
  * recipients, events and job in one Redis transaction (queue layer).
+ * Attachments are base64-decoded and checked here; the rendered message is
+ * bounded by MAILGATE_MAX_MESSAGE_SIZE (413) and DKIM-signed last, when the
+ * From domain has a key and the tenant's allowed_from names that domain.
  * SECURITY: every value that becomes a header or an SMTP command is
  * refused when it holds CR or LF; owned headers cannot be set by callers.
  */
@@ -44,6 +47,8 @@ struct send {
     const char *subject, *text, *html;
     json_t *tags, *metadata;
     int64_t send_at_ms;
+    struct mime_attachment *att; /* decoded attachments, owned */
+    size_t natt;
 };
 
 static void send_free(struct send *s)
@@ -58,6 +63,9 @@ static void send_free(struct send *s)
         free(s->headers[i].value);
     }
     free(s->headers);
+    for (size_t i = 0; i < s->natt; i++)
+        mime_attachment_free(&s->att[i]);
+    free(s->att);
 }
 
 /* fail - answer 422 naming field; fmt takes one %s (detail). */
@@ -245,6 +253,70 @@ static int headers_field(struct send *s, json_t *o)
     return 0;
 }
 
+/* attachments_field - "attachments": [{filename, content_type?, content,
+ * content_id?}]; content is base64, decoded here. Each problem is a 422
+ * naming the member at fault ("attachments[1].content"). */
+static int attachments_field(struct send *s, json_t *o)
+{
+    static const char *const members[] = {"filename", "content_type", "content", "content_id", NULL};
+    json_t *v = json_object_get(o, "attachments");
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_array(v))
+        return fail(s, "attachments", "%smust be an array of {filename, content_type, content, content_id}", "");
+    if (json_array_size(v) > MIME_ATTACH_MAX)
+        return fail(s, "attachments", "%shas more than 100 items", "");
+    s->att = calloc(json_array_size(v) + 1, sizeof(*s->att));
+    if (!s->att)
+        return fail(s, "attachments", "%s: out of memory", "");
+    size_t i;
+    json_t *item;
+    json_array_foreach(v, i, item) {
+        char field[64];
+        snprintf(field, sizeof(field), "attachments[%zu]", i);
+        if (!json_is_object(item))
+            return fail(s, field, "%smust be an object {filename, content_type, content, content_id}", "");
+        const char *k;
+        json_t *m;
+        json_object_foreach(item, k, m) {
+            char f[300];
+            snprintf(f, sizeof(f), "attachments[%zu].%.200s", i, k);
+            int known = 0;
+            for (const char *const *p = members; *p; p++)
+                if (!strcmp(k, *p))
+                    known = 1;
+            if (!known)
+                return fail(s, f, "%sis not a known field (filename, content_type, content, content_id)", "");
+            if (json_is_null(m) && strcmp(k, "filename") && strcmp(k, "content"))
+                continue;
+            if (!json_is_string(m))
+                return fail(s, f, "%smust be a string", "");
+            if (strlen(json_string_value(m)) != json_string_length(m))
+                return fail(s, f, "%smust not contain NUL characters", "");
+        }
+        json_t *fn = json_object_get(item, "filename"), *c = json_object_get(item, "content");
+        if (!fn) {
+            snprintf(field, sizeof(field), "attachments[%zu].filename", i);
+            return fail(s, field, "%sis required", "");
+        }
+        if (!c) {
+            snprintf(field, sizeof(field), "attachments[%zu].content", i);
+            return fail(s, field, "%sis required (base64)", "");
+        }
+        const char *which = "content";
+        char err[256];
+        if (mime_attachment_set(&s->att[s->natt], json_string_value(fn),
+                                json_string_value(json_object_get(item, "content_type")), json_string_value(c),
+                                json_string_length(c), json_string_value(json_object_get(item, "content_id")),
+                                &which, err, sizeof(err)) < 0) {
+            snprintf(field, sizeof(field), "attachments[%zu].%s", i, which);
+            return fail(s, field, "%s", err);
+        }
+        s->natt++;
+    }
+    return 0;
+}
+
 static int tags_metadata(struct send *s, json_t *o)
 {
     json_t *t = json_object_get(o, "tags");
@@ -301,11 +373,6 @@ static int validate(struct send *s, json_t *o)
             return fail(s, field, "%sis not a known field", "");
         }
     }
-    /* Features of later releases are refused rather than silently ignored. */
-    static const char *const later[] = {"template", "data", "attachments", NULL};
-    for (const char *const *f = later; *f; f++)
-        if (json_object_get(o, *f) && !json_is_null(json_object_get(o, *f)))
-            return fail(s, *f, "%sis not supported by this version", "");
     static const char *const flags[] = {"track_opens", "track_clicks", "unsubscribe", "strict", NULL};
     for (const char *const *f = flags; *f; f++) {
         json_t *b = json_object_get(o, *f);
@@ -355,6 +422,10 @@ static int validate(struct send *s, json_t *o)
         return fail(s, "to", "more than %s recipients (to + cc + bcc)", n);
     }
 
+    /* template/data/strict: the rendered parts replace subject, text and
+     * html in o, so the checks below see what will be sent. */
+    if (gw_tmpl_apply(s->req, s->resp, o) < 0)
+        return -1;
     if (string_field(s, o, "subject", 1, GW_HEADER_VALUE_MAX, &s->subject) < 0 ||
         string_field(s, o, "text", 0, 0, &s->text) < 0 || string_field(s, o, "html", 0, 0, &s->html) < 0)
         return -1;
@@ -362,7 +433,7 @@ static int validate(struct send *s, json_t *o)
         return fail(s, "subject", "%sis required", "");
     if (!s->text && !s->html)
         return fail(s, "text", "%sa message needs text or html", "");
-    if (headers_field(s, o) < 0 || tags_metadata(s, o) < 0)
+    if (headers_field(s, o) < 0 || attachments_field(s, o) < 0 || tags_metadata(s, o) < 0)
         return -1;
 
     json_t *at = json_object_get(o, "send_at");
@@ -379,6 +450,60 @@ static int validate(struct send *s, json_t *o)
 
 /* add_rcpts - envelope recipients in order, each address once
  * (case-insensitively: the same mailbox in To and Bcc is sent once). */
+/* domain_listed - 1 when the comma-separated list (a tenant's
+ * allowed_from: "a.com, @b.com") names domain, case-insensitively. */
+static int domain_listed(const char *list, const char *domain)
+{
+    size_t dl = strlen(domain);
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',' || *p == '@')
+            p++;
+        size_t n = strcspn(p, ",");
+        size_t t = n;
+        while (t > 0 && p[t - 1] == ' ')
+            t--;
+        if (t == dl && t && !strncasecmp(p, domain, dl))
+            return 1;
+        p += n;
+    }
+    return 0;
+}
+
+/* dkim_sign - sign body with the key of the From domain, if there is one
+ * and the tenant's allowed_from names that domain: a key never signs for
+ * a tenant that was not given its domain. Returns 0 (signed, or nothing to
+ * sign with), or -1 with resp set (413, 503, 500). */
+static int dkim_sign(struct send *s, struct buf *body, int64_t now_ms)
+{
+    const char *at = strrchr(s->from.email, '@');
+    const struct mime_dkim_key *key = at ? mime_dkim_key_for(s->req->cfg->dkim, at + 1) : NULL;
+    if (!key)
+        return 0;
+    json_t *tenant = NULL;
+    if (queue_tenant_get(s->req->q, s->req->key.tenant, &tenant) < 0) {
+        gw_error(s->resp, 503, "unavailable", NULL, "the queue store (Redis) is unavailable; nothing was queued");
+        util_strlcpy(s->resp->retry_after, "5", sizeof(s->resp->retry_after));
+        return -1;
+    }
+    const char *allowed = json_string_value(json_object_get(tenant, "allowed_from"));
+    int ok = allowed && domain_listed(allowed, at + 1);
+    json_decref(tenant);
+    if (!ok)
+        return 0;
+    char err[256] = "";
+    if (mime_dkim_sign(key, body, now_ms / 1000, err, sizeof(err)) < 0) {
+        if (strstr(err, "too large")) {
+            gw_error(s->resp, 413, "message_too_large", NULL,
+                     "the signed message exceeds %zu bytes (MAILGATE_MAX_MESSAGE_SIZE)", s->req->cfg->max_message);
+        } else {
+            log_kv(LOG_ERROR, "dkim_failed", "tenant", s->req->key.tenant, "domain", at + 1, "error", err, NULL);
+            gw_error(s->resp, 500, "internal_error", NULL, "DKIM signing failed; nothing was queued");
+        }
+        return -1;
+    }
+    return 0;
+}
+
 static void add_rcpts(struct queue_rcpt *v, size_t *n, const struct mime_addr_list *l, const char *status)
 {
     for (size_t i = 0; i < l->n; i++) {
@@ -445,15 +570,22 @@ void gw_send_message(struct gw_req *req, struct gw_resp *resp)
         .subject = s.subject, .text = s.text, .html = s.html,
         .headers = s.headers, .nheaders = s.nheaders,
         .message_id = msgid, .date_ms = now,
+        .attachments = s.att, .nattachments = s.natt,
     };
     struct buf body;
-    buf_init(&body, GW_MESSAGE_MAX);
+    buf_init(&body, req->cfg->max_message);
     char err[256] = "";
     if (mime_build(&mm, &body, err, sizeof(err)) < 0) {
-        if (body.len >= GW_MESSAGE_MAX / 2 || strstr(err, "large"))
-            gw_error(resp, 413, "message_too_large", NULL, "the rendered message exceeds %zu bytes", GW_MESSAGE_MAX);
+        if (strstr(err, "too large"))
+            gw_error(resp, 413, "message_too_large", NULL, "the rendered message exceeds %zu bytes (MAILGATE_MAX_MESSAGE_SIZE)",
+                     req->cfg->max_message);
         else
             gw_error(resp, 422, "validation_error", NULL, "cannot render the message: %s", err);
+        buf_free(&body);
+        goto out;
+    }
+    /* DKIM last: the signature covers exactly the bytes that are queued. */
+    if (dkim_sign(&s, &body, now) < 0) {
         buf_free(&body);
         goto out;
     }

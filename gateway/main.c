@@ -32,6 +32,31 @@ static void help(FILE *f)
             MAILGATE_VERSION);
 }
 
+/* check_redis - refuse to start on a Redis that may evict keys: eviction
+ * silently deletes queued mail. An unreachable Redis is not fatal here
+ * (the API answers 503 and senders reconnect until it is back). */
+static int check_redis(const struct gw_config *c)
+{
+    char err[256], policy[64];
+    struct queue *q = queue_open(c->redis_url, err, sizeof(err));
+    if (!q) {
+        fprintf(stderr, "mailgate: MAILGATE_REDIS_URL: %s\n", err);
+        return -1;
+    }
+    int rc = 0;
+    if (queue_maxmemory_policy(q, policy, sizeof(policy)) < 0) {
+        log_kv(LOG_WARN, "redis_unreachable_at_start", "reason", "will retry; the API answers 503 until then", NULL);
+    } else if (strcmp(policy, "noeviction") != 0) {
+        fprintf(stderr,
+                "mailgate: Redis maxmemory-policy is '%s'; it must be 'noeviction', or Redis may silently "
+                "delete queued mail (set it with: CONFIG SET maxmemory-policy noeviction, and in redis.conf)\n",
+                policy);
+        rc = -1;
+    }
+    queue_close(q);
+    return rc;
+}
+
 static int serve(const struct gw_config *c, int argc, char **argv)
 {
     const char *role = "all";
@@ -59,6 +84,8 @@ static int serve(const struct gw_config *c, int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     gw_config_log(c);
 
+    if (check_redis(c) < 0)
+        return 1;
     struct gw_config http = *c;
     if (!api) /* sender: health and metrics only, when asked for */
         snprintf(http.listen, sizeof(http.listen), "%s", c->admin_listen);
@@ -68,6 +95,7 @@ static int serve(const struct gw_config *c, int argc, char **argv)
         struct smtp_deliver_config dc = {
             .redis_url = c->redis_url, .relays = c->relays, .helo = c->helo,
             .retry_ms = c->retry_ms, .nretry = c->nretry, .max_age_ms = c->max_age_ms,
+            .timeouts = c->smtp_timeouts,
         };
         if (smtp_deliver_start(&dc) < 0) {
             gw_http_stop();
@@ -78,9 +106,12 @@ static int serve(const struct gw_config *c, int argc, char **argv)
     int sig = 0;
     sigwait(&stopset, &sig);
     log_kv(LOG_INFO, "stopping", "signal", sig == SIGTERM ? "TERM" : "INT", NULL);
-    gw_http_stop();
+    /* Refuse new sends at once, let the senders finish what is in flight
+     * (up to the deadline), then close the listener. */
+    gw_http_drain();
     if (sender)
-        smtp_deliver_stop();
+        smtp_deliver_stop((int)c->shutdown_ms);
+    gw_http_stop();
     log_kv(LOG_INFO, "stopped", NULL);
     return 0;
 }

@@ -15,8 +15,12 @@
  *   mg:events:{t}              stream one entry per event, field "e" = event JSON
  *   mg:jobs                    stream delivery jobs: m (message id), r (JSON array of
  *                                     recipients to try), a (attempt number, from 1)
+ *   mg:tmpl:{t}:{name}         hash  a stored template (see queue_tmpl.c below)
+ *   mg:tmpl:{t}                zset  the tenant's template names
  *   mg:delayed                 zset  job JSON by due time (ms); moved back to mg:jobs by
  *                                     a Lua script, so several schedulers never double-fire
+ *   mg:open                    zset  ids of messages with a recipient not yet terminal,
+ *                                     by created_at ms (the oldest is the queue's age)
  * The consumer group on mg:jobs is "senders". A job leaves the stream by
  * XACK + XDEL in the same MULTI that records its outcome.
  *
@@ -40,6 +44,7 @@
 #define QUEUE_STREAM "mg:jobs"
 #define QUEUE_GROUP "senders"
 #define QUEUE_DELAYED "mg:delayed"
+#define QUEUE_OPEN "mg:open"    /* zset: messages with a non-terminal recipient, by created_at ms */
 #define QUEUE_KEY_MAX 128      /* bytes of an API key we accept */
 #define QUEUE_TENANT_MAX 64    /* bytes of a tenant name */
 
@@ -238,5 +243,83 @@ int queue_supp_check(struct queue *q, const char *tenant, const char *const *ema
 /* queue_supp_list - {"data": [...], "next_cursor": ...}; cursor is opaque
  * (Redis HSCAN cursor). Returns 0, 1 for a bad cursor, -1 on error. */
 int queue_supp_list(struct queue *q, const char *tenant, const char *cursor, int limit, json_t **out);
+
+/* ---- idempotency keys (queue_idem.c) ----------------------------------
+ * mg:idem:{t}:{route}:{sha256(key)} hash: state (inflight|done), hash (of
+ * the request body), status, body. Claimed atomically (Lua), so of two
+ * concurrent requests with one key exactly one runs. */
+
+#define QUEUE_IDEM_TTL_MS (24LL * 3600 * 1000)  /* answers are kept 24 h */
+#define QUEUE_IDEM_INFLIGHT_MS (120LL * 1000)   /* a claim outlives a crash this long */
+
+enum queue_idem { QUEUE_IDEM_NEW, QUEUE_IDEM_REPLAY, QUEUE_IDEM_CONFLICT, QUEUE_IDEM_IN_PROGRESS };
+
+/* queue_idem_begin - claim key for a request whose body hashes to
+ * body_sha256 (hex). NEW: the caller runs the request and must call
+ * queue_idem_finish. REPLAY: *status and *body (caller frees) hold the
+ * first answer. CONFLICT: the key was used with another body.
+ * IN_PROGRESS: the first request is still running. -1 on Redis error. */
+int queue_idem_begin(struct queue *q, const char *tenant, const char *route, const char *key,
+                     const char *body_sha256, int *status, char **body);
+
+/* queue_idem_finish - keep a 2xx answer for 24 h, or release the claim
+ * for any other status so the request may be retried. 0 or -1. */
+int queue_idem_finish(struct queue *q, const char *tenant, const char *route, const char *key,
+                      int status, const char *body);
+
+/* ---- stored templates (queue_tmpl.c) ----------------------------------
+ * mg:tmpl:{t}:{name} hash: subject, text, html (Mustache sources; a part
+ * the template lacks is absent), created_at, updated_at (RFC 3339).
+ * mg:tmpl:{t} zset: the tenant's template names, all scored 0, so that
+ * ZRANGE lists them sorted by name. */
+
+#define QUEUE_TMPL_NAME_MAX 64 /* bytes of a template name */
+
+/* The parts of a template; a NULL part is absent. Borrowed. */
+struct queue_tmpl_src {
+    const char *subject, *text, *html;
+    size_t subject_len, text_len, html_len;
+};
+
+/* queue_tmpl_name_ok - 1 when name is 1..64 of [A-Za-z0-9._-]. */
+int queue_tmpl_name_ok(const char *name);
+
+/* queue_tmpl_put - create or replace the tenant's template name (parts not
+ * in src are removed), keeping created_at of a replaced one. Returns 0 with
+ * *created (1 new, 0 replaced) and *out (caller frees) = {name, subject,
+ * text, html, created_at, updated_at}; 2 when name is new and the tenant
+ * already has max_templates; -1 on error. Atomic (Lua). */
+int queue_tmpl_put(struct queue *q, const char *tenant, const char *name, const struct queue_tmpl_src *src,
+                   size_t max_templates, int *created, json_t **out);
+
+/* queue_tmpl_get - *out (caller frees) = {name, subject, text, html,
+ * created_at, updated_at}, absent parts null. 0, 1 when none, -1. */
+int queue_tmpl_get(struct queue *q, const char *tenant, const char *name, json_t **out);
+
+/* queue_tmpl_part - one part ("subject", "text" or "html") of a template:
+ * *src (NUL-terminated, caller frees) and *len. 0, 1 when the template or
+ * the part does not exist, -1 on error. */
+int queue_tmpl_part(struct queue *q, const char *tenant, const char *name, const char *part, char **src,
+                    size_t *len);
+
+/* queue_tmpl_delete - remove a template. 0, 1 when none, -1 on error. */
+int queue_tmpl_delete(struct queue *q, const char *tenant, const char *name);
+
+/* queue_tmpl_list - *out (caller frees) = {"data": [{name, created_at,
+ * updated_at}, ...]} sorted by name. 0 or -1. */
+int queue_tmpl_list(struct queue *q, const char *tenant, json_t **out);
+
+/* ---- queue statistics (queue_stats.c) ---------------------------------- */
+
+struct queue_stats {
+    long long stream_len;      /* jobs waiting in mg:jobs (incl. pending) */
+    long long pending;         /* jobs read by a sender, not yet acknowledged */
+    long long delayed;         /* retries and scheduled sends waiting for their time */
+    long long open_messages;   /* messages with a non-terminal recipient */
+    int64_t oldest_open_ms;    /* created_at of the oldest of those, 0 when none */
+};
+
+/* queue_stats_get - one pipelined round trip. Returns 0 or -1. */
+int queue_stats_get(struct queue *q, struct queue_stats *st);
 
 #endif

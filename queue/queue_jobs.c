@@ -252,8 +252,10 @@ int queue_job_finish(struct queue *q, const struct queue_job *job, const struct 
         if (!status_terminal(json_string_value(json_object_get(st, "status"))))
             all_terminal = 0;
     }
-    if (all_terminal)
+    if (all_terminal) {
         q_pipe_cmd(&p, "DEL mg:msg:%s:body", job->msg_id);
+        q_pipe_cmd(&p, "ZREM " QUEUE_OPEN " %s", job->msg_id);
+    }
     q_pipe_cmd(&p, "XACK " QUEUE_STREAM " " QUEUE_GROUP " %s", job->entry_id);
     q_pipe_cmd(&p, "XDEL " QUEUE_STREAM " %s", job->entry_id);
     q_pipe_cmd(&p, "EXEC");

@@ -119,6 +119,8 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
     size_t lens[] = {3, strlen(key), m->bodylen};
     q_pipe_cmdv(&p, 3, argv, lens);
     q_pipe_cmd(&p, "ZADD mg:tenant:%s:messages 0 %s", m->tenant, m->id);
+    if (json_array_size(job_rcpts))
+        q_pipe_cmd(&p, "ZADD " QUEUE_OPEN " %lld %s", (long long)m->created_ms, m->id);
     if (json_array_size(job_rcpts)) {
         if (m->due_ms > 0) {
             json_t *job = json_pack("{s:s, s:O, s:i}", "m", m->id, "r", job_rcpts, "a", 1);

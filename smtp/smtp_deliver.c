@@ -34,11 +34,24 @@
 #define DELIVER_BLOCK_MS 1000       /* XREADGROUP BLOCK; bounds stop latency */
 #define DELIVER_SCHEDULE_MS 250     /* how often due retries are looked for */
 #define DELIVER_BACKOFF_MAX_MS 8000 /* Redis reconnect back-off cap */
+#define RELAY_FAULT_HOLD_MS 60000   /* a misconfigured relay (auth, TLS) sits out this long */
+#define RELAY_DOWN_MIN_MS 1000      /* first reconnect back-off after a failed connect */
+#define RELAY_DOWN_MAX_MS 60000     /* reconnect back-off cap */
+
+/* Rotation state of one relay, shared by every worker. */
+struct relay_state {
+    pthread_mutex_t mu;
+    int64_t hold_until;   /* out of rotation until then (mono ms) */
+    int failures;         /* consecutive failed connects (back-off exponent) */
+    double tokens;        /* rate limiter: messages that may start now */
+    int64_t refilled;     /* mono ms of the last refill */
+};
 
 struct worker {
     pthread_t thread;
     int index;
     struct smtp_session **sessions; /* one per relay, opened on demand */
+    int64_t *last_used;             /* per relay: mono ms of the last transaction */
 };
 
 static struct {
@@ -47,6 +60,7 @@ static struct {
     int nretry;
     int64_t max_age_ms;
     struct smtp_relay *relays;
+    struct relay_state *rs;
     size_t nrelays;
     struct smtp_timeouts timeouts;
     struct worker *workers;
@@ -55,6 +69,18 @@ static struct {
     int scheduler_started;
     atomic_int stop;
 } dv;
+
+static atomic_ullong c_delivered, c_deferred, c_bounced, c_attempts, c_connections, c_connect_failures;
+
+void smtp_deliver_counters_get(struct smtp_deliver_counters *out)
+{
+    out->delivered = atomic_load(&c_delivered);
+    out->deferred = atomic_load(&c_deferred);
+    out->bounced = atomic_load(&c_bounced);
+    out->attempts = atomic_load(&c_attempts);
+    out->connections = atomic_load(&c_connections);
+    out->connect_failures = atomic_load(&c_connect_failures);
+}
 
 /* nap - sleep ms, waking early when asked to stop. */
 static void nap(int ms)
@@ -88,9 +114,10 @@ static void fmt_reply(const struct smtp_rcpt *r, char *out, size_t len)
         util_strlcpy(out, smtp_local_reason(r->local), len);
 }
 
-/* outcome_event - the event for one recipient's result. */
+/* outcome_event - the event for one recipient's result: the SMTP reply
+ * that decided it, or the local reason; the TLS in use when there was one. */
 static json_t *outcome_event(const char *type, const struct queue_job *job, const struct queue_delivery *d,
-                             const struct smtp_rcpt *r, const char *relay)
+                             const struct smtp_rcpt *r, const char *relay, struct smtp_session *used)
 {
     json_t *ev = queue_event_new(type, job->msg_id, r->addr, d->tags, d->metadata);
     if (r->reply.code) {
@@ -99,32 +126,158 @@ static json_t *outcome_event(const char *type, const struct queue_job *job, cons
                                                   "reply", r->reply.text, "relay", relay));
     } else {
         json_object_set_new(ev, "reason", json_string(smtp_local_reason(r->local)));
+        if (r->reply.enhanced[0])
+            json_object_set_new(ev, "enhanced_code", json_string(r->reply.enhanced));
         json_object_set_new(ev, "relay", json_string(relay));
     }
+    const char *tv = used ? smtp_session_tls_version(used) : NULL;
+    if (tv)
+        json_object_set_new(ev, "tls", json_pack("{s:s, s:s?}", "version", tv, "cipher", smtp_session_tls_cipher(used)));
     json_object_set_new(ev, "attempt", json_integer(job->attempt));
     return ev;
 }
 
-/* try_relays - open a session, in relay order; the index used or -1 with
- * the last failure in *fail. */
+/* relay_held - 1 while relay i is out of rotation. */
+static int relay_held(size_t i)
+{
+    pthread_mutex_lock(&dv.rs[i].mu);
+    int held = dv.rs[i].hold_until > util_mono_ms();
+    pthread_mutex_unlock(&dv.rs[i].mu);
+    return held;
+}
+
+/* relay_failed - a connect to relay i failed: back off exponentially, or
+ * for a configuration fault (auth, TLS) sit out RELAY_FAULT_HOLD_MS. */
+static void relay_failed(size_t i, int config_fault, const char *why)
+{
+    pthread_mutex_lock(&dv.rs[i].mu);
+    int64_t hold = RELAY_FAULT_HOLD_MS;
+    if (!config_fault) {
+        int f = dv.rs[i].failures < 6 ? dv.rs[i].failures : 6;
+        hold = (int64_t)RELAY_DOWN_MIN_MS << f;
+        if (hold > RELAY_DOWN_MAX_MS)
+            hold = RELAY_DOWN_MAX_MS;
+    }
+    dv.rs[i].failures++;
+    dv.rs[i].hold_until = util_mono_ms() + hold;
+    pthread_mutex_unlock(&dv.rs[i].mu);
+    char h[24];
+    snprintf(h, sizeof(h), "%lld", (long long)hold);
+    log_kv(config_fault ? LOG_ERROR : LOG_WARN, "relay_out_of_rotation", "relay", dv.relays[i].name,
+           "reason", why, "hold_ms", h, NULL);
+}
+
+static void relay_ok(size_t i)
+{
+    pthread_mutex_lock(&dv.rs[i].mu);
+    if (dv.rs[i].failures)
+        log_kv(LOG_INFO, "relay_back_in_rotation", "relay", dv.relays[i].name, NULL);
+    dv.rs[i].failures = 0;
+    dv.rs[i].hold_until = 0;
+    pthread_mutex_unlock(&dv.rs[i].mu);
+}
+
+/* relay_rate_wait - block until relay i's rate (messages/s) lets one more
+ * message start (token bucket, burst of one second's worth). */
+static void relay_rate_wait(size_t i)
+{
+    int rate = dv.relays[i].rate;
+    if (rate <= 0)
+        return;
+    for (;;) {
+        pthread_mutex_lock(&dv.rs[i].mu);
+        int64_t now = util_mono_ms();
+        dv.rs[i].tokens += (double)(now - dv.rs[i].refilled) * rate / 1000.0;
+        if (dv.rs[i].tokens > rate)
+            dv.rs[i].tokens = rate;
+        dv.rs[i].refilled = now;
+        int go = dv.rs[i].tokens >= 1.0;
+        if (go)
+            dv.rs[i].tokens -= 1.0;
+        int wait_ms = go ? 0 : (int)((1.0 - dv.rs[i].tokens) * 1000.0 / rate) + 1;
+        pthread_mutex_unlock(&dv.rs[i].mu);
+        if (go || atomic_load(&dv.stop))
+            return;
+        nap(wait_ms);
+    }
+}
+
+/* usable - worker w may use relay i: its pool has room for w (worker k
+ * holds connection k of every relay whose pool is larger than k). */
+static int usable(const struct worker *w, size_t i)
+{
+    return w->index < dv.relays[i].pool;
+}
+
+/* close_session - QUIT and close w's session to relay i, if open. */
+static void close_session(struct worker *w, size_t i, const char *why)
+{
+    if (w->sessions[i] && smtp_session_is_open(w->sessions[i])) {
+        log_kv(LOG_DEBUG, "smtp_close", "relay", dv.relays[i].name, "reason", why, NULL);
+        smtp_session_quit(w->sessions[i]);
+    }
+}
+
+/* worker_idle - QUIT sessions unused for longer than their relay's idle=,
+ * and sessions to a lower-priority relay once a preferred one is back in
+ * rotation, so that traffic returns to it. */
+static void worker_idle(struct worker *w)
+{
+    int64_t now = util_mono_ms();
+    int preferred_up = 0;
+    for (size_t i = 0; i < dv.nrelays; i++) {
+        if (!w->sessions[i] || !smtp_session_is_open(w->sessions[i])) {
+            if (usable(w, i) && !relay_held(i))
+                preferred_up = 1;
+            continue;
+        }
+        if (preferred_up)
+            close_session(w, i, "a preferred relay is back in rotation");
+        else if (dv.relays[i].idle_s > 0 && now - w->last_used[i] > (int64_t)dv.relays[i].idle_s * 1000)
+            close_session(w, i, "idle");
+        else
+            preferred_up = 1; /* this open session is the one in use */
+    }
+}
+
+/* worker_can_send - 1 when some relay could take a message from w now. */
+static int worker_can_send(const struct worker *w)
+{
+    for (size_t i = 0; i < dv.nrelays; i++)
+        if (usable(w, i) && !relay_held(i))
+            return 1;
+    return dv.nrelays == 0;
+}
+
+/* try_relays - a usable open session, in relay order (opening one when
+ * needed); the index used, or -1 with the last failure in *fail. */
 static int try_relays(struct worker *w, struct smtp_rcpt *fail)
 {
+    fail->local = SMTP_LOCAL_CONNECT;
     for (size_t i = 0; i < dv.nrelays; i++) {
+        if (!usable(w, i))
+            continue;
         if (!w->sessions[i])
             w->sessions[i] = smtp_session_new(&dv.relays[i], dv.helo, &dv.timeouts);
         if (!w->sessions[i])
             continue;
         if (smtp_session_is_open(w->sessions[i]))
             return (int)i;
+        if (relay_held(i))
+            continue;
         struct smtp_reply why = {0};
         enum smtp_local local = SMTP_LOCAL_NONE;
-        if (smtp_session_open(w->sessions[i], &why, &local) == 0)
+        if (smtp_session_open(w->sessions[i], &why, &local) == 0) {
+            atomic_fetch_add(&c_connections, 1);
+            relay_ok(i);
             return (int)i;
+        }
+        atomic_fetch_add(&c_connect_failures, 1);
         fail->reply = why;
         fail->local = local ? local : (why.code ? SMTP_LOCAL_NONE : SMTP_LOCAL_CONNECT);
         fail->stage = SMTP_STAGE_CONNECT;
-        log_kv(LOG_WARN, "relay_unavailable", "relay", dv.relays[i].name, "reason",
-               why.code ? why.text : smtp_local_reason(fail->local), NULL);
+        relay_failed(i, smtp_session_relay_fault(w->sessions[i]),
+                     why.code ? why.text : smtp_local_reason(fail->local));
     }
     return -1;
 }
@@ -179,6 +332,7 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
     }
 
     const char *relay_name = "none";
+    struct smtp_session *used = NULL;
     int64_t now = util_now_ms();
     int expired = d.created_ms && now - d.created_ms >= dv.max_age_ms;
     if (nt && !expired && d.body) {
@@ -196,11 +350,18 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
             relay_name = dv.relays[ri].name;
             struct smtp_txn t = {.mail_from = d.mail_from, .rcpts = rc_v, .nrcpts = nt,
                                  .data = d.body, .datalen = d.bodylen};
+            relay_rate_wait((size_t)ri);
             smtp_session_send(w->sessions[ri], &t);
+            w->last_used[ri] = util_mono_ms();
+            used = w->sessions[ri];
+            if (smtp_session_relay_fault(used))
+                relay_failed((size_t)ri, 1, "configuration fault during the transaction");
         }
     }
 
     int deferred = 0;
+    char att[16];
+    snprintf(att, sizeof(att), "%d", job->attempt);
     for (size_t i = 0; i < nt; i++) {
         struct smtp_rcpt *r = &rc_v[i];
         enum smtp_verdict v = smtp_verdict_of(r);
@@ -217,7 +378,7 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
             util_strlcpy(replies[i], "internal_error", sizeof(replies[i]));
         } else if (expired || (v == SMTP_DEFER && now + retry_delay(job->attempt) - d.created_ms > dv.max_age_ms)) {
             o[i].event = expired ? queue_event_new("bounced", job->msg_id, r->addr, d.tags, d.metadata)
-                                 : outcome_event("bounced", job, &d, r, relay_name);
+                                 : outcome_event("bounced", job, &d, r, relay_name, used);
             json_object_set_new(o[i].event, "bounce_type", json_string("soft"));
             json_object_set_new(o[i].event, "reason", json_string("expired"));
             o[i].status = "bounced";
@@ -226,7 +387,7 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
         } else {
             type = v == SMTP_DELIVERED ? "delivered" : v == SMTP_BOUNCE ? "bounced" : "deferred";
             status = type;
-            o[i].event = outcome_event(type, job, &d, r, relay_name);
+            o[i].event = outcome_event(type, job, &d, r, relay_name, used);
             if (v == SMTP_BOUNCE) {
                 json_object_set_new(o[i].event, "bounce_type", json_string("hard"));
                 /* A bad mailbox (5.1.x) is suppressed; a policy block (5.7.x)
@@ -238,11 +399,17 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
             o[i].status = status;
         }
         o[i].last_reply = replies[i];
+        atomic_fetch_add(!strcmp(o[i].status, "delivered") ? &c_delivered
+                         : !strcmp(o[i].status, "bounced") ? &c_bounced : &c_deferred, 1);
         char code[8];
         snprintf(code, sizeof(code), "%d", r->reply.code);
         log_kv(LOG_INFO, "delivery", "message_id", job->msg_id, "recipient", r->addr, "relay",
-               relay_name, "status", o[i].status, "code", code, "reply", replies[i], NULL);
+               relay_name, "status", o[i].status, "code", code, "reply", replies[i], "attempt", att,
+               "reused", used ? (smtp_session_reused(used) ? "1" : "0") : NULL,
+               "tls", used ? smtp_session_tls_version(used) : NULL, NULL);
     }
+    if (nt)
+        atomic_fetch_add(&c_attempts, 1);
     int64_t due = deferred ? now + retry_delay(job->attempt) : 0;
     record(q, job, &d, o, nt, due);
     free(replies);
@@ -260,6 +427,13 @@ static void *worker_main(void *arg)
     struct queue *q = queue_open(dv.redis_url, err, sizeof(err));
     int backoff = 100;
     while (q && !atomic_load(&dv.stop)) {
+        worker_idle(w);
+        if (!worker_can_send(w)) {
+            /* every relay this worker may use sits out: leave the jobs to
+             * workers that can send, or in the stream until one returns */
+            nap(250);
+            continue;
+        }
         struct queue_job job;
         int rc = queue_job_read(q, consumer, DELIVER_BLOCK_MS, &job);
         if (rc < 0) {
@@ -313,9 +487,19 @@ int smtp_deliver_start(const struct smtp_deliver_config *c)
     memcpy(dv.retry_ms, c->retry_ms, sizeof(int64_t) * (size_t)dv.nretry);
     dv.max_age_ms = c->max_age_ms;
     smtp_timeouts_default(&dv.timeouts);
+    if (c->timeouts && *c->timeouts && smtp_timeouts_parse(c->timeouts, &dv.timeouts, err, sizeof(err)) < 0) {
+        log_kv(LOG_ERROR, "timeouts_invalid", "reason", err, NULL);
+        return -1;
+    }
     if (c->relays && *c->relays && smtp_relays_parse(c->relays, &dv.relays, &dv.nrelays, err, sizeof(err)) < 0) {
         log_kv(LOG_ERROR, "relays_invalid", "reason", err, NULL);
         return -1;
+    }
+    dv.rs = calloc(dv.nrelays ? dv.nrelays : 1, sizeof(*dv.rs));
+    for (size_t i = 0; i < dv.nrelays; i++) {
+        pthread_mutex_init(&dv.rs[i].mu, NULL);
+        dv.rs[i].tokens = dv.relays[i].rate;
+        dv.rs[i].refilled = util_mono_ms();
     }
     if (!dv.nrelays)
         log_kv(LOG_WARN, "no_relays", "reason", "MAILGATE_RELAYS is empty: messages will be deferred", NULL);
@@ -337,6 +521,7 @@ int smtp_deliver_start(const struct smtp_deliver_config *c)
     for (int i = 0; i < dv.nworkers; i++) {
         dv.workers[i].index = i;
         dv.workers[i].sessions = calloc(dv.nrelays ? dv.nrelays : 1, sizeof(struct smtp_session *));
+        dv.workers[i].last_used = calloc(dv.nrelays ? dv.nrelays : 1, sizeof(int64_t));
         pthread_create(&dv.workers[i].thread, NULL, worker_main, &dv.workers[i]);
     }
     dv.scheduler_started = pthread_create(&dv.scheduler, NULL, scheduler_main, NULL) == 0;
@@ -346,18 +531,41 @@ int smtp_deliver_start(const struct smtp_deliver_config *c)
     return 0;
 }
 
-void smtp_deliver_stop(void)
+int smtp_deliver_stop(int deadline_ms)
 {
     atomic_store(&dv.stop, 1);
-    for (int i = 0; i < dv.nworkers; i++) {
-        pthread_join(dv.workers[i].thread, NULL);
-        free(dv.workers[i].sessions);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += deadline_ms / 1000;
+    until.tv_nsec += (long)(deadline_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
     }
-    if (dv.scheduler_started)
-        pthread_join(dv.scheduler, NULL);
+    int late = 0;
+    for (int i = 0; i < dv.nworkers; i++) {
+        if (pthread_timedjoin_np(dv.workers[i].thread, NULL, &until) != 0) {
+            late++;
+            continue;
+        }
+        free(dv.workers[i].sessions);
+        free(dv.workers[i].last_used);
+    }
+    if (dv.scheduler_started && pthread_timedjoin_np(dv.scheduler, NULL, &until) != 0)
+        late++;
+    if (late) {
+        /* Busy threads still use the state: leave it to process exit. */
+        log_kv(LOG_WARN, "sender_stop_deadline", "reason",
+               "transactions still running at the deadline; their jobs stay pending in Redis", NULL);
+        return -1;
+    }
     free(dv.workers);
+    for (size_t i = 0; i < dv.nrelays; i++)
+        pthread_mutex_destroy(&dv.rs[i].mu);
+    free(dv.rs);
     smtp_relays_free(dv.relays, dv.nrelays);
     free(dv.redis_url);
     free(dv.helo);
     memset(&dv, 0, sizeof(dv));
+    return 0;
 }

@@ -16,6 +16,7 @@ struct smtp_deliver_config {
     const int64_t *retry_ms;     /* back-off steps in ms; the last repeats */
     int nretry;
     int64_t max_age_ms;          /* retry no longer than this after acceptance */
+    const char *timeouts;        /* MAILGATE_SMTP_TIMEOUTS ("greeting=5m,dot=10m,...") or NULL */
 };
 
 /* smtp_deliver_start - start one worker per pool connection of the first
@@ -24,7 +25,20 @@ struct smtp_deliver_config {
 int smtp_deliver_start(const struct smtp_deliver_config *c);
 
 /* smtp_deliver_stop - ask the workers to stop after their current
- * transaction, wait for them, send QUIT on every session. */
-void smtp_deliver_stop(void);
+ * transaction, wait up to deadline_ms for them, send QUIT on every
+ * session. Returns 0, or -1 when some worker was still busy at the
+ * deadline: its job stays pending in Redis and is delivered by another
+ * sender (or this one after a restart); nothing is lost. */
+int smtp_deliver_stop(int deadline_ms);
+
+/* Process-wide delivery counters, for /metrics. */
+struct smtp_deliver_counters {
+    unsigned long long delivered, deferred, bounced, attempts;
+    unsigned long long connections, connect_failures;
+};
+
+/* smtp_deliver_counters_get - a snapshot of the counters (all zero when
+ * the sender role is not running). */
+void smtp_deliver_counters_get(struct smtp_deliver_counters *out);
 
 #endif

@@ -4,7 +4,15 @@
  *   smtps://[user:pass@]host[:port][?params]    (port 465, implicit TLS)
  * with params tls=none|opportunistic|required (smtp:// only; default
  * opportunistic), verify=true|false (default true), ca=PATH, pool=N
- * (1..64, default 4) and name=NAME (default "host:port"), joined by '&'.
+ * (1..64, default 4), name=NAME (default "host:port"), max_msgs=N
+ * (0..RELAY_MAX_MSGS_MAX, default 100, 0 = no limit), rate=N/s or rate=N
+ * (messages per second, 0..RELAY_RATE_MAX, default 0 = no limit) and
+ * idle=N (seconds, 0..RELAY_IDLE_MAX, default 30, 0 = no limit), joined
+ * by '&'.
+ *
+ * Also here, as the other piece of SMTP configuration: smtp_timeouts_parse
+ * for MAILGATE_SMTP_TIMEOUTS ("connect=30s,dot=10m,..."), driven by a table
+ * of key, field and bounds.
  *
  * User, password and parameter values are percent-decoded. An IPv6 literal
  * goes in brackets ("smtp://[::1]:2525"). Unknown or repeated parameters,
@@ -18,8 +26,12 @@
  */
 #include "smtp/smtp.h"
 
+#include "common/util.h"
+
 #include <arpa/inet.h>
 #include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +41,11 @@
 #define RELAY_URL_MAX 4096 /* bytes in one relay URL */
 #define RELAY_NAME_MAX 64  /* bytes in name= */
 #define RELAY_POOL_MAX 64
+#define RELAY_MAX_MSGS_DEFAULT 100 /* transactions per connection */
+#define RELAY_MAX_MSGS_MAX 100000
+#define RELAY_RATE_MAX 100000      /* messages per second */
+#define RELAY_IDLE_DEFAULT 30      /* seconds */
+#define RELAY_IDLE_MAX 86400
 
 /* relay_err - format "relay N: ..." into err. Always returns -1. */
 static int relay_err(char *err, size_t errlen, size_t idx, const char *fmt, ...)
@@ -137,7 +154,7 @@ static void relay_clear(struct smtp_relay *r)
 static int param_set(struct smtp_relay *r, int smtps, const char *p, size_t n, unsigned *seen,
                      size_t idx, char *err, size_t errlen)
 {
-    static const char *const keys[] = {"tls", "verify", "ca", "pool", "name"};
+    static const char *const keys[] = {"tls", "verify", "ca", "pool", "name", "max_msgs", "rate", "idle"};
     const char *eq = memchr(p, '=', n);
     if (!eq)
         return relay_err(err, errlen, idx, "parameter without '='");
@@ -147,7 +164,7 @@ static int param_set(struct smtp_relay *r, int smtps, const char *p, size_t n, u
         if (strlen(keys[k]) == kn && strncasecmp(keys[k], p, kn) == 0)
             break;
     if (k == sizeof(keys) / sizeof(keys[0]))
-        return relay_err(err, errlen, idx, "unknown parameter (known: tls, verify, ca, pool, name)");
+        return relay_err(err, errlen, idx, "unknown parameter (known: tls, verify, ca, pool, name, max_msgs, rate, idle)");
     if (*seen & (1u << k))
         return relay_err(err, errlen, idx, "parameter %s given twice", keys[k]);
     *seen |= 1u << k;
@@ -204,6 +221,22 @@ static int param_set(struct smtp_relay *r, int smtps, const char *p, size_t n, u
             v = NULL;
         }
         break;
+    case 5: /* max_msgs */
+        if (parse_int(v, strlen(v), 0, RELAY_MAX_MSGS_MAX, &r->max_msgs) < 0)
+            rc = relay_err(err, errlen, idx, "max_msgs must be 0..%d", RELAY_MAX_MSGS_MAX);
+        break;
+    case 6: { /* rate: "N/s" or "N" */
+        size_t vl = strlen(v);
+        if (vl > 2 && strcmp(v + vl - 2, "/s") == 0)
+            vl -= 2;
+        if (parse_int(v, vl, 0, RELAY_RATE_MAX, &r->rate) < 0)
+            rc = relay_err(err, errlen, idx, "rate must be N/s or N with N 0..%d", RELAY_RATE_MAX);
+        break;
+    }
+    case 7: /* idle */
+        if (parse_int(v, strlen(v), 0, RELAY_IDLE_MAX, &r->idle_s) < 0)
+            rc = relay_err(err, errlen, idx, "idle must be 0..%d seconds", RELAY_IDLE_MAX);
+        break;
     }
     free(v);
     return rc;
@@ -232,6 +265,9 @@ static int relay_parse(const char *u, size_t n, struct smtp_relay *r, size_t idx
     r->tls = smtps ? SMTP_TLS_IMPLICIT : SMTP_TLS_OPPORTUNISTIC;
     r->verify = 1;
     r->pool = 4;
+    r->max_msgs = RELAY_MAX_MSGS_DEFAULT;
+    r->rate = 0;
+    r->idle_s = RELAY_IDLE_DEFAULT;
 
     const char *q = memchr(u, '?', (size_t)(end - u));
     const char *auth_end = q ? q : end;
@@ -375,4 +411,119 @@ void smtp_relays_free(struct smtp_relay *v, size_t n)
     for (size_t i = 0; i < n; i++)
         relay_clear(&v[i]);
     free(v);
+}
+
+/* ---- MAILGATE_SMTP_TIMEOUTS ------------------------------------------------ */
+
+#define TIMEOUTS_SPEC_MAX 1024 /* bytes in the whole string */
+
+static const struct timeout_key {
+    const char *name;
+    size_t off; /* int field of struct smtp_timeouts, in ms */
+} timeout_keys[] = {
+    {"connect", offsetof(struct smtp_timeouts, connect_ms)},
+    {"greeting", offsetof(struct smtp_timeouts, greeting_ms)},
+    {"ehlo", offsetof(struct smtp_timeouts, ehlo_ms)},
+    {"mail", offsetof(struct smtp_timeouts, mail_ms)},
+    {"rcpt", offsetof(struct smtp_timeouts, rcpt_ms)},
+    {"data", offsetof(struct smtp_timeouts, data_ms)},
+    {"block", offsetof(struct smtp_timeouts, block_ms)},
+    {"dot", offsetof(struct smtp_timeouts, dot_ms)},
+};
+#define NTIMEOUT_KEYS (sizeof(timeout_keys) / sizeof(timeout_keys[0]))
+
+/* tmo_err - format the reason into err. Always returns -1. */
+static int tmo_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int tmo_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* tmo_value - "250ms", "30s", "5m", "1h" or bare seconds to ms. 0 or -1. */
+static int tmo_value(const char *v, int64_t *ms)
+{
+    size_t n = strlen(v);
+    if (n > 2 && strcmp(v + n - 2, "ms") == 0) {
+        /* util_parse_duration knows no "ms": take the digits ourselves */
+        int64_t x = 0;
+        for (size_t i = 0; i < n - 2; i++) {
+            if (v[i] < '0' || v[i] > '9' || x > SMTP_TIMEOUT_MAX_MS)
+                return -1;
+            x = x * 10 + (v[i] - '0');
+        }
+        *ms = x;
+        return 0;
+    }
+    if (n > 0 && v[n - 1] == 'd') /* days make no sense for one SMTP wait */
+        return -1;
+    return util_parse_duration(v, ms);
+}
+
+int smtp_timeouts_parse(const char *spec, struct smtp_timeouts *t, char *err, size_t errlen)
+{
+    struct smtp_timeouts nt = *t;
+    unsigned seen = 0;
+    if (!spec)
+        return 0;
+    if (strlen(spec) > TIMEOUTS_SPEC_MAX)
+        return tmo_err(err, errlen, "timeouts: longer than %d bytes", TIMEOUTS_SPEC_MAX);
+    const char *p = spec;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        const char *e = comma ? comma : p + strlen(p);
+        const char *s = p;
+        while (s < e && (*s == ' ' || *s == '\t'))
+            s++;
+        const char *ie = e;
+        while (ie > s && (ie[-1] == ' ' || ie[-1] == '\t'))
+            ie--;
+        if (s == ie) {
+            if (!comma && s == spec + strspn(spec, " \t") && !*s)
+                break; /* only blanks */
+            return tmo_err(err, errlen, "timeouts: empty item");
+        }
+        const char *eq = memchr(s, '=', (size_t)(ie - s));
+        if (!eq)
+            return tmo_err(err, errlen, "timeouts: item without '=' (want key=duration)");
+        size_t kn = (size_t)(eq - s);
+        while (kn > 0 && (s[kn - 1] == ' ' || s[kn - 1] == '\t'))
+            kn--;
+        size_t k;
+        for (k = 0; k < NTIMEOUT_KEYS; k++)
+            if (strlen(timeout_keys[k].name) == kn && strncasecmp(timeout_keys[k].name, s, kn) == 0)
+                break;
+        if (k == NTIMEOUT_KEYS)
+            return tmo_err(err, errlen,
+                           "timeouts: unknown key (known: connect, greeting, ehlo, mail, rcpt, data, block, dot)");
+        if (seen & (1u << k))
+            return tmo_err(err, errlen, "timeouts: %s given twice", timeout_keys[k].name);
+        seen |= 1u << k;
+        const char *v = eq + 1;
+        while (v < ie && (*v == ' ' || *v == '\t'))
+            v++;
+        char val[32];
+        int64_t ms = -1;
+        size_t vn = (size_t)(ie - v);
+        if (vn == 0 || vn >= sizeof(val))
+            return tmo_err(err, errlen, "timeouts: bad duration for %s", timeout_keys[k].name);
+        memcpy(val, v, vn);
+        val[vn] = '\0';
+        if (tmo_value(val, &ms) < 0 || ms < 1 || ms > SMTP_TIMEOUT_MAX_MS)
+            return tmo_err(err, errlen, "timeouts: %s must be 1ms..24h (e.g. 250ms, 30s, 5m, 1h)",
+                           timeout_keys[k].name);
+        *(int *)(void *)((char *)&nt + timeout_keys[k].off) = (int)ms;
+        if (!comma)
+            break;
+        p = comma + 1;
+        if (!*p)
+            return tmo_err(err, errlen, "timeouts: empty item");
+    }
+    *t = nt;
+    return 0;
 }

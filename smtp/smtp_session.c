@@ -11,11 +11,18 @@
  *   - conn_*: connect, close, flush the write buffer, read one reply;
  *   - smtp_enter: the one function that queues a command for a state;
  *   - smtp_on_reply: the one function that handles the reply to a state;
- *   - session_setup and smtp_session_send: the drivers.
+ *   - session_setup, txn_run and smtp_session_send: the drivers; send
+ *     loops over transactions (452 too many recipients, one retry of a
+ *     421 at MAIL on a reused connection, max_msgs).
  *
  * Facts, not policy: a recipient's record says which reply (and to which
  * command) decided it, or which local cause left it without one.
- * smtp_trouble.c turns that into delivered / deferred / bounced.
+ * smtp_trouble.c turns that into delivered / deferred / bounced. The two
+ * exceptions decided here, before the message is sent, are facts about the
+ * relay's capabilities: a message over its SIZE and a non-ASCII local part
+ * without SMTPUTF8 (recorded as permanent local causes). Relay
+ * configuration faults (TLS, AUTH) are flagged in one function,
+ * relay_fault, for the caller to take the relay out of rotation.
  *
  * Limits: every wait is bounded by the state's timeout (struct
  * smtp_timeouts): a reply must arrive in full before it runs out; a write
@@ -61,7 +68,6 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
-#define SMTP_ADDR_MAX 254     /* RFC 5321 §4.5.3.1.3: path of 256 with the brackets */
 #define RBUF_MAX ((SMTP_LINE_MAX + 2) * SMTP_REPLY_LINES_MAX + IO_CHUNK)
 #define IO_CHUNK 16384        /* bytes per read, and per body write */
 #define QUIT_MAX_MS 5000      /* QUIT is a courtesy: never wait long for it */
@@ -137,11 +143,13 @@ enum {
 };
 enum { AUTH_PLAIN = 1 << 0, AUTH_LOGIN = 1 << 1 };
 
-/* what is known about one recipient during a transaction */
+/* what is known about one recipient during smtp_session_send */
 enum rcpt_state {
     R_DONE,     /* decided: its record is final */
     R_WAIT,     /* RCPT queued or sent, reply not read yet */
     R_ACCEPTED, /* RCPT got 2yz: decided by the DATA or "." reply */
+    R_LATER,    /* RCPT got "too many recipients": goes into the next
+                   transaction; its record holds that reply meanwhile */
 };
 
 struct smtp_session {
@@ -169,18 +177,30 @@ struct smtp_session {
     short want;                     /* POLLIN/POLLOUT io_* would block on */
 
     unsigned ntxn;                  /* transactions on this connection */
+    char tls_version[16];           /* of the current or last connection; */
+    char tls_cipher[64];            /* "" when it was plaintext */
 
     /* why set-up or the last step failed */
     struct smtp_reply fail_reply;
     enum smtp_local fail_local;
+    int relay_fault;                /* that failure is the relay's configuration */
+
+    /* outcome of the last smtp_session_send */
+    int reused, retried;
 
     /* the transaction in progress, inside smtp_session_send only */
     struct smtp_txn *t;
     unsigned char *rst;             /* enum rcpt_state per recipient */
     size_t *order;                  /* indexes of recipients to send, in order */
+    char (*wire)[SMTP_ADDR_MAX + 1];/* wire form of each recipient (A-labels) */
+    char mail_wire[SMTP_ADDR_MAX + 1];
     size_t nsend;
     int mail_ok;
+    int mail_lost;                  /* MAIL got 421, or the connection was lost
+                                       before its reply: may be retried */
     size_t naccepted;
+    size_t nlater;                  /* recipients put off to the next transaction */
+    int later_first;                /* ... starting with the first RCPT: no progress */
     char mail_params[64];
 };
 
@@ -395,6 +415,32 @@ static int conn_fail(struct smtp_session *s, enum smtp_local l, const char *why)
     return -1;
 }
 
+/* relay_fault - the failure at hand is the relay's configuration (TLS or
+ * AUTH), not the message's: flag it for smtp_session_relay_fault and raise
+ * the alert, once per failure. r is the reply that showed it, or NULL.
+ * Nothing secret is logged: the relay name, the state and the server's
+ * (cleaned) reply. */
+static void relay_fault(struct smtp_session *s, const char *why, const struct smtp_reply *r)
+{
+    char code[24] = "";
+    if (s->relay_fault)
+        return;
+    s->relay_fault = 1;
+    if (r && r->code)
+        itoa_buf(code, sizeof(code), r->code);
+    log_kv(LOG_ERROR, "relay_config_fault", "relay", s->relay->name, "peer", s->peer[0] ? s->peer : NULL,
+           "state", state_tab[s->st].name, "reason", why, "code", code[0] ? code : NULL, "enhanced",
+           r && r->enhanced[0] ? r->enhanced : NULL, "text", r && r->code ? r->text : NULL,
+           "action", "take the relay out of rotation", (const char *)NULL);
+}
+
+/* tls_fail - a TLS step failed: a relay fault; record and close. -1. */
+static int tls_fail(struct smtp_session *s, const char *why)
+{
+    relay_fault(s, why, NULL);
+    return conn_fail(s, SMTP_LOCAL_TLS, why);
+}
+
 /* conn_connect - TCP connect to the relay, trying each address in turn,
  * each bounded by connect_ms. Returns 0 or -1 (fail_local set). */
 static int conn_connect(struct smtp_session *s)
@@ -453,6 +499,7 @@ static int conn_connect(struct smtp_session *s)
                      port);
             freeaddrinfo(res);
             s->ntxn = 0;
+            s->tls_version[0] = s->tls_cipher[0] = '\0';
             log_event(s, LOG_INFO, "smtp_connected", NULL, NULL, NULL, NULL);
             return 0;
         }
@@ -620,12 +667,12 @@ static int tls_handshake(struct smtp_session *s)
     SSL_CTX *ctx = tls_ctx(s);
     if (!ctx) {
         tls_log_error(s, "context");
-        return conn_fail(s, SMTP_LOCAL_TLS, "tls context");
+        return tls_fail(s, "tls context");
     }
     s->ssl = SSL_new(ctx);
     if (!s->ssl || SSL_set_fd(s->ssl, s->fd) != 1) {
         tls_log_error(s, "setup");
-        return conn_fail(s, SMTP_LOCAL_TLS, "tls setup");
+        return tls_fail(s, "tls setup");
     }
     int ip = is_ip_literal(host);
     if (!ip)
@@ -635,7 +682,7 @@ static int tls_handshake(struct smtp_session *s)
                     : SSL_set1_host(s->ssl, host);
         if (ok != 1) {
             tls_log_error(s, "setup");
-            return conn_fail(s, SMTP_LOCAL_TLS, "tls setup");
+            return tls_fail(s, "tls setup");
         }
     }
     int64_t deadline = util_mono_ms() + state_timeout(s, ST_TLS);
@@ -651,7 +698,7 @@ static int tls_handshake(struct smtp_session *s)
                 continue;
             if (w == 0) {
                 log_event(s, LOG_WARN, "smtp_tls_failed", "step", "handshake", "error", "timeout");
-                return conn_fail(s, SMTP_LOCAL_TLS, "tls handshake timeout");
+                return tls_fail(s, "tls handshake timeout");
             }
         }
         tls_log_error(s, "handshake");
@@ -659,10 +706,11 @@ static int tls_handshake(struct smtp_session *s)
          * without a close_notify */
         SSL_free(s->ssl);
         s->ssl = NULL;
-        return conn_fail(s, SMTP_LOCAL_TLS, "tls handshake failed");
+        return tls_fail(s, "tls handshake failed");
     }
-    log_event(s, LOG_INFO, "smtp_tls", "version", SSL_get_version(s->ssl), "cipher",
-              SSL_get_cipher_name(s->ssl));
+    util_strlcpy(s->tls_version, SSL_get_version(s->ssl), sizeof(s->tls_version));
+    util_strlcpy(s->tls_cipher, SSL_get_cipher_name(s->ssl), sizeof(s->tls_cipher));
+    log_event(s, LOG_INFO, "smtp_tls", "version", s->tls_version, "cipher", s->tls_cipher);
     /* RFC 3207 §4.2: forget everything learned before the handshake */
     s->caps = s->auth = 0;
     s->esmtp = 0;
@@ -859,6 +907,7 @@ static enum sess_state after_hello(struct smtp_session *s)
             return ST_STARTTLS;
         if (rl->tls == SMTP_TLS_REQUIRED) {
             log_event(s, LOG_WARN, "smtp_tls_failed", "step", "starttls", "error", "STARTTLS not offered");
+            relay_fault(s, "tls=required but STARTTLS not offered", NULL);
             s->fail_local = SMTP_LOCAL_TLS;
             return ST_CLOSED;
         }
@@ -866,6 +915,7 @@ static enum sess_state after_hello(struct smtp_session *s)
     if (rl->user && rl->pass) {
         if (!s->ssl && rl->tls != SMTP_TLS_NONE) {
             log_event(s, LOG_WARN, "smtp_auth_refused", "reason", "no TLS: credentials not sent", NULL, NULL);
+            relay_fault(s, "credentials configured but no TLS", NULL);
             s->fail_local = SMTP_LOCAL_TLS;
             return ST_CLOSED;
         }
@@ -874,6 +924,7 @@ static enum sess_state after_hello(struct smtp_session *s)
         if (s->auth & AUTH_LOGIN)
             return ST_AUTH_LOGIN;
         log_event(s, LOG_WARN, "smtp_auth_refused", "reason", "no AUTH PLAIN or LOGIN offered", NULL, NULL);
+        relay_fault(s, "no usable AUTH mechanism", NULL);
         s->fail_local = SMTP_LOCAL_PROTOCOL;
         return ST_CLOSED;
     }
@@ -895,13 +946,47 @@ static void decide(struct smtp_session *s, size_t i, const struct smtp_reply *r,
     s->rst[i] = R_DONE;
 }
 
-/* decide_rest - every recipient not decided yet gets r or l. */
+/* decide_rest - every recipient of the current command group not decided
+ * yet (waiting for its RCPT reply, or accepted) gets r or l. Recipients put
+ * off to the next transaction (R_LATER) are not part of it. */
 static void decide_rest(struct smtp_session *s, const struct smtp_reply *r, enum smtp_local l,
                         enum smtp_stage stage)
 {
     for (size_t i = 0; i < s->t->nrcpts; i++)
+        if (s->rst[i] == R_WAIT || s->rst[i] == R_ACCEPTED)
+            decide(s, i, r, l, stage);
+}
+
+/* decide_all - as decide_rest, and the recipients put off as well: the
+ * connection is gone, so there is no next transaction on it. */
+static void decide_all(struct smtp_session *s, const struct smtp_reply *r, enum smtp_local l,
+                       enum smtp_stage stage)
+{
+    for (size_t i = 0; i < s->t->nrcpts; i++)
         if (s->rst[i] != R_DONE)
             decide(s, i, r, l, stage);
+}
+
+/* decide_perm - recipient i fails for good for local cause l, found out
+ * before any command was sent for it: enhanced code and text say why (the
+ * reply code stays 0: no server said it). */
+static void decide_perm(struct smtp_session *s, size_t i, enum smtp_local l, enum smtp_stage stage,
+                        const char *enhanced, const char *text)
+{
+    decide(s, i, NULL, l, stage);
+    struct smtp_reply *r = &s->t->rcpts[i].reply;
+    util_strlcpy(r->enhanced, enhanced, sizeof(r->enhanced));
+    util_strlcpy(r->text, text, sizeof(r->text));
+}
+
+/* too_many - 1 when a reply to RCPT means "too many recipients" (RFC 5321
+ * §4.5.3.1.10): 452, or 552 which older servers send instead, with no
+ * enhanced code or X.5.3 (RFC 3463); 452 4.2.2 (mailbox full) is not. */
+static int too_many(const struct smtp_reply *r)
+{
+    if (r->code != 452 && r->code != 552)
+        return 0;
+    return r->enhanced[0] == '\0' || strcmp(r->enhanced + 1, ".5.3") == 0;
 }
 
 /* smtp_on_reply - handle reply r to state st and return the next state
@@ -917,8 +1002,10 @@ static enum sess_state smtp_on_reply(struct smtp_session *s, enum sess_state st,
     if (r->code == 421) {
         s->fail_reply = *r;
         s->fail_local = SMTP_LOCAL_NONE;
+        if (st == ST_MAIL)
+            s->mail_lost = 1;
         if (s->t && st >= ST_MAIL && st <= ST_NODATA)
-            decide_rest(s, r, SMTP_LOCAL_NONE, state_tab[st].stage);
+            decide_all(s, r, SMTP_LOCAL_NONE, state_tab[st].stage);
         return ST_CLOSED;
     }
     switch (st) {
@@ -941,27 +1028,48 @@ static enum sess_state smtp_on_reply(struct smtp_session *s, enum sess_state st,
         if (r->code == 220)
             return ST_TLS;
         if (s->relay->tls == SMTP_TLS_REQUIRED) {
+            relay_fault(s, "tls=required but STARTTLS refused", r);
             s->fail_local = SMTP_LOCAL_TLS;
             return ST_CLOSED;
         }
         s->starttls_refused = 1;
         return after_hello(s);
     case ST_AUTH_PLAIN:
-    case ST_AUTH_PASS:
-        return r->code == 235 ? ST_READY : ST_CLOSED;
     case ST_AUTH_LOGIN:
-        return r->code == 334 ? ST_AUTH_USER : ST_CLOSED;
     case ST_AUTH_USER:
-        return r->code == 334 ? ST_AUTH_PASS : ST_CLOSED;
+    case ST_AUTH_PASS: {
+        enum sess_state want = st == ST_AUTH_LOGIN ? ST_AUTH_USER : st == ST_AUTH_USER ? ST_AUTH_PASS : ST_READY;
+        if (r->code == (want == ST_READY ? 235 : 334))
+            return want;
+        /* 535 bad credentials, 530/5.7.0, 534 too weak ...: ours to fix;
+         * 454 and other 4yz are the relay's passing trouble */
+        if (r->code >= 500)
+            relay_fault(s, "authentication failed", r);
+        return ST_CLOSED;
+    }
 
     case ST_MAIL:
         s->mail_ok = ok;
         if (!ok) /* every recipient is decided by the MAIL reply */
             decide_rest(s, r, SMTP_LOCAL_NONE, SMTP_STAGE_MAIL);
+        if (!ok && smtp_reply_auth_required(r))
+            relay_fault(s, "authentication required at MAIL FROM", r);
         return ok ? ST_RCPT : ST_RSET;
     case ST_RCPT:
         if (!s->mail_ok) /* already decided by MAIL: only keep in sync */
             return ST_RCPT;
+        if (too_many(r)) {
+            /* RFC 5321 §4.5.3.1.10: not a verdict, a limit; the reply is
+             * kept in case no later transaction gets further */
+            s->t->rcpts[idx].reply = *r;
+            s->t->rcpts[idx].stage = SMTP_STAGE_RCPT;
+            s->t->rcpts[idx].local = SMTP_LOCAL_NONE;
+            s->rst[idx] = R_LATER;
+            if (idx == s->order[0])
+                s->later_first = 1;
+            s->nlater++;
+            return ST_RCPT;
+        }
         if (ok) {
             s->t->rcpts[idx].reply = *r;
             s->t->rcpts[idx].stage = SMTP_STAGE_RCPT;
@@ -1023,6 +1131,7 @@ static void quit_and_close(struct smtp_session *s, const char *why)
 /* session_setup - connect and run the set-up states until ready. */
 static int session_setup(struct smtp_session *s)
 {
+    s->relay_fault = 0;
     s->fail_local = SMTP_LOCAL_NONE;
     memset(&s->fail_reply, 0, sizeof(s->fail_reply));
     if (conn_connect(s) < 0)
@@ -1131,13 +1240,22 @@ unsigned smtp_session_transactions(const struct smtp_session *s)
 }
 
 /* txn_lost - the connection died mid-transaction: every undecided
- * recipient gets the local cause (or the 421 that ended it). Returns -1. */
+ * recipient gets the local cause (or the 421 that ended it). A timeout
+ * waiting for the reply to "." is told apart: the server may have taken
+ * the message (RFC 5321 §4.5.3.2.6), so a retry can duplicate it.
+ * Returns -1. */
 static int txn_lost(struct smtp_session *s, enum sess_state st)
 {
+    if (st == ST_MAIL && s->fail_local == SMTP_LOCAL_LOST)
+        s->mail_lost = 1;
+    if (st == ST_DOT && s->fail_local == SMTP_LOCAL_TIMEOUT) {
+        log_event(s, LOG_WARN, "smtp_timeout_after_dot", "note", "may have been delivered", NULL, NULL);
+        decide_rest(s, NULL, SMTP_LOCAL_TIMEOUT_AFTER_DOT, SMTP_STAGE_DOT);
+    }
     if (s->fail_local != SMTP_LOCAL_NONE)
-        decide_rest(s, NULL, s->fail_local, state_tab[st].stage);
+        decide_all(s, NULL, s->fail_local, state_tab[st].stage);
     else
-        decide_rest(s, &s->fail_reply, SMTP_LOCAL_NONE, state_tab[st].stage);
+        decide_all(s, &s->fail_reply, SMTP_LOCAL_NONE, state_tab[st].stage);
     if (s->fd >= 0)
         conn_close(s, s->fail_reply.code == 421 ? "421 from server" : "transaction failed");
     return -1;
@@ -1158,7 +1276,12 @@ static int txn_lost(struct smtp_session *s, enum sess_state st)
  *     every RCPT and DATA leave in one write, DATA last (RFC 2920 §3.1: it
  *     must end the group, as the body depends on its 354);
  *   - without it, sendpos - recvpos <= 1 (lock-step), and the sender stops
- *     early: no RCPT after a failed MAIL, no DATA when no RCPT got 2yz.
+ *     early: no RCPT after a failed MAIL, no DATA when no RCPT got 2yz;
+ *     after a definite "too many recipients" (452 X.5.3) the remaining
+ *     RCPTs are not sent but put off (R_LATER) with that reply, which
+ *     advances sendpos and recvpos together (no reply is owed for them);
+ *   - a RCPT reply of "too many recipients" puts its recipient off to the
+ *     next transaction (R_LATER); nothing else about the group changes.
  * Returns 0 with the connection usable, -1 when it was closed. */
 static int txn_run(struct smtp_session *s, const struct buf *body)
 {
@@ -1166,17 +1289,31 @@ static int txn_run(struct smtp_session *s, const struct buf *body)
     size_t ncmd = s->nsend + 2, sendpos = 0, recvpos = 0;
     int pipe = (s->caps & CAP_PIPELINING) != 0;
     enum sess_state next = ST_RSET;
+    const struct smtp_reply *limit = NULL; /* the definite 452 X.5.3, lock-step */
 
     s->mail_ok = 0;
+    s->mail_lost = 0;
     s->naccepted = 0;
+    s->nlater = 0;
+    s->later_first = 0;
     while (recvpos < ncmd) {
         while (sendpos < ncmd && (pipe || sendpos == recvpos)) {
             if (!pipe && sendpos > 0 && !s->mail_ok)
                 break;
+            if (!pipe && sendpos > 0 && sendpos < ncmd - 1 && limit) {
+                size_t i = s->order[sendpos - 1];
+                t->rcpts[i].reply = *limit;
+                t->rcpts[i].stage = SMTP_STAGE_RCPT;
+                s->rst[i] = R_LATER;
+                s->nlater++;
+                sendpos++;
+                recvpos++;
+                continue;
+            }
             if (!pipe && sendpos == ncmd - 1 && s->naccepted == 0)
                 break;
             enum sess_state cst = sendpos == 0 ? ST_MAIL : sendpos == ncmd - 1 ? ST_DATA : ST_RCPT;
-            const char *arg = cst == ST_MAIL ? t->mail_from : cst == ST_RCPT ? t->rcpts[s->order[sendpos - 1]].addr : NULL;
+            const char *arg = cst == ST_MAIL ? s->mail_wire : cst == ST_RCPT ? s->wire[s->order[sendpos - 1]] : NULL;
             if (smtp_enter(s, cst, arg) < 0) {
                 conn_fail(s, SMTP_LOCAL_PROTOCOL, "out of memory");
                 return txn_lost(s, cst);
@@ -1192,6 +1329,8 @@ static int txn_run(struct smtp_session *s, const struct buf *body)
         next = step(s, rst, idx, 1);
         if (next == ST_CLOSED)
             return txn_lost(s, rst);
+        if (rst == ST_RCPT && s->rst[idx] == R_LATER && !limit && t->rcpts[idx].reply.enhanced[0])
+            limit = &t->rcpts[idx].reply;
         recvpos++;
     }
 
@@ -1207,19 +1346,26 @@ static int txn_run(struct smtp_session *s, const struct buf *body)
         /* DATA got 354 although no recipient was accepted (pipelined): end
          * the empty data with a lone "." - never send the message */
         if (smtp_enter(s, ST_NODATA, NULL) < 0)
-            return conn_fail(s, SMTP_LOCAL_PROTOCOL, "out of memory");
+            {
+                conn_fail(s, SMTP_LOCAL_PROTOCOL, "out of memory");
+                return txn_lost(s, ST_NODATA);
+            }
         next = step(s, ST_NODATA, 0, 1);
         if (next == ST_CLOSED)
             return txn_lost(s, ST_NODATA);
     } else if (next != ST_READY) {
         next = ST_RSET;
     }
-    /* anything still undecided here (cannot happen) must not look delivered */
+    /* anything of this group still undecided here (cannot happen) must not
+     * look delivered; recipients put off stay for the next transaction */
     decide_rest(s, NULL, SMTP_LOCAL_PROTOCOL, SMTP_STAGE_DOT);
 
     if (next == ST_RSET) {
         if (smtp_enter(s, ST_RSET, NULL) < 0)
-            return conn_fail(s, SMTP_LOCAL_PROTOCOL, "out of memory");
+            {
+                conn_fail(s, SMTP_LOCAL_PROTOCOL, "out of memory");
+                return txn_lost(s, ST_RSET);
+            }
         next = step(s, ST_RSET, 0, 1);
         if (next != ST_READY) {
             if (s->fd >= 0)
@@ -1231,85 +1377,283 @@ static int txn_run(struct smtp_session *s, const struct buf *body)
     return 0;
 }
 
+/* txn_fit - before a transaction on this connection, decide the recipients
+ * it cannot carry, from what the relay advertised, and set the MAIL
+ * parameters. Facts about the relay, found without sending the message:
+ *   - a message over SIZE n > 0 (RFC 1870 §6): every recipient, 5.3.4;
+ *   - no SMTPUTF8 (RFC 6531 §3.7.5): a non-ASCII local part cannot be
+ *     written at all; the sender's sinks every recipient, a recipient's
+ *     only that one; 5.6.7.
+ * Domains are already A-labels, so only local parts can be non-ASCII in
+ * the wire forms. Returns the number of recipients still to send. */
+static size_t txn_fit(struct smtp_session *s)
+{
+    struct smtp_txn *t = s->t;
+    size_t datalen = t->data ? t->datalen : 0, left = 0;
+    char text[160];
+    int utf8 = has_8bit(s->mail_wire, strlen(s->mail_wire));
+
+    if ((s->caps & CAP_SIZE) && s->size_max > 0 && datalen > s->size_max) {
+        char sz[24], lim[24];
+        snprintf(text, sizeof(text), "message size %zu exceeds the relay's fixed limit of %llu bytes", datalen,
+                 s->size_max);
+        itoa_buf(sz, sizeof(sz), (long long)datalen);
+        itoa_buf(lim, sizeof(lim), (long long)s->size_max);
+        log_event(s, LOG_WARN, "smtp_size_exceeded", "size", sz, "limit", lim);
+        for (size_t i = 0; i < t->nrcpts; i++)
+            if (s->rst[i] == R_WAIT)
+                decide_perm(s, i, SMTP_LOCAL_SIZE_EXCEEDED, SMTP_STAGE_MAIL, "5.3.4", text);
+        return 0;
+    }
+    if (!(s->caps & CAP_SMTPUTF8)) {
+        for (size_t i = 0; i < t->nrcpts; i++) {
+            if (s->rst[i] != R_WAIT || (!utf8 && !has_8bit(s->wire[i], strlen(s->wire[i]))))
+                continue;
+            snprintf(text, sizeof(text), "non-ASCII %s address, and the relay does not offer SMTPUTF8",
+                     utf8 ? "sender" : "recipient");
+            decide_perm(s, i, SMTP_LOCAL_SMTPUTF8_REQUIRED, utf8 ? SMTP_STAGE_MAIL : SMTP_STAGE_RCPT, "5.6.7",
+                        text);
+        }
+        if (utf8) {
+            log_event(s, LOG_WARN, "smtp_smtputf8_required", "which", "sender", NULL, NULL);
+            return 0;
+        }
+    }
+    for (size_t i = 0; i < t->nrcpts; i++)
+        if (s->rst[i] == R_WAIT) {
+            left++;
+            utf8 |= has_8bit(s->wire[i], strlen(s->wire[i]));
+        }
+
+    /* RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8 */
+    size_t pl = 0;
+    s->mail_params[0] = '\0';
+    if (s->caps & CAP_SIZE)
+        pl += (size_t)snprintf(s->mail_params + pl, sizeof(s->mail_params) - pl, " SIZE=%zu", datalen);
+    if ((s->caps & CAP_8BITMIME) && t->data && has_8bit(t->data, t->datalen))
+        pl += (size_t)snprintf(s->mail_params + pl, sizeof(s->mail_params) - pl, " BODY=8BITMIME");
+    if ((s->caps & CAP_SMTPUTF8) && utf8)
+        snprintf(s->mail_params + pl, sizeof(s->mail_params) - pl, " SMTPUTF8");
+    return left;
+}
+
+/* txn_order - the recipients of the next transaction: those waiting, in
+ * the caller's order. Returns how many. */
+static size_t txn_order(struct smtp_session *s)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < s->t->nrcpts; i++)
+        if (s->rst[i] == R_WAIT)
+            s->order[k++] = i;
+    s->nsend = k;
+    return k;
+}
+
+/* txn_requeue - put recipients back to waiting, their records cleared:
+ * from is R_LATER (the next transaction of a split) or R_DONE for the
+ * recipients of the transaction just tried (a retry on a fresh
+ * connection). */
+static void txn_requeue(struct smtp_session *s, int retry)
+{
+    for (size_t k = 0, n = retry ? s->nsend : s->t->nrcpts; k < n; k++) {
+        size_t i = retry ? s->order[k] : k;
+        if (!retry && s->rst[i] != R_LATER)
+            continue;
+        struct smtp_rcpt *r = &s->t->rcpts[i];
+        memset(&r->reply, 0, sizeof(r->reply));
+        r->stage = SMTP_STAGE_CONNECT;
+        r->local = SMTP_LOCAL_NONE;
+        s->rst[i] = R_WAIT;
+    }
+}
+
+/* max_reached - 1 when the connection has carried max_msgs transactions. */
+static int max_reached(const struct smtp_session *s)
+{
+    return s->relay->max_msgs > 0 && s->fd >= 0 && s->ntxn >= (unsigned)s->relay->max_msgs;
+}
+
+/* send_prepare - check and convert the envelope, and mark every recipient
+ * R_WAIT (to send) or R_DONE (refused, SMTP_LOCAL_BAD_ADDRESS). Requires
+ * s->t and the per-send arrays. Returns how many are to be sent. */
+static size_t send_prepare(struct smtp_session *s)
+{
+    struct smtp_txn *t = s->t;
+    size_t nsend = 0;
+    for (size_t i = 0; i < t->nrcpts; i++) {
+        struct smtp_rcpt *r = &t->rcpts[i];
+        if (addr_ok(r->addr, 0) && smtp_addr_wire(r->addr, s->wire[i], sizeof(s->wire[i]), NULL) == 0 &&
+            strlen(s->wire[i]) <= SMTP_ADDR_MAX) {
+            s->rst[i] = R_WAIT;
+            nsend++;
+            continue;
+        }
+        s->rst[i] = R_DONE;
+        r->local = SMTP_LOCAL_BAD_ADDRESS;
+        r->stage = SMTP_STAGE_RCPT;
+        log_kv(LOG_WARN, "smtp_address_refused", "relay", s->relay->name, "which", "recipient",
+               (const char *)NULL);
+    }
+    return nsend;
+}
+
+/* smtp_session_send - the driver over transactions (see smtp.h).
+ *
+ * Invariants of the loop:
+ *   - on entry to each pass, every recipient is R_DONE (final record) or
+ *     R_WAIT (to go into this transaction); R_LATER only exists between
+ *     txn_run and the end of its pass;
+ *   - each pass that goes on to another transaction on the same connection
+ *     decided at least one recipient (the first RCPT did not get "too many
+ *     recipients"), so the loop ends;
+ *   - at most one retry on a fresh connection (retried), and only when
+ *     nothing of the transaction was accepted (MAIL got 421 or no reply). */
 int smtp_session_send(struct smtp_session *s, struct smtp_txn *t)
 {
-    int bad_txn = !addr_ok(t->mail_from, 1) || t->nrcpts > SMTP_RCPTS_MAX || (t->nrcpts && !t->rcpts);
-    size_t nsend = 0;
-    int utf8 = t->mail_from && has_8bit(t->mail_from, strlen(t->mail_from));
-
+    s->relay_fault = 0;
+    s->reused = s->retried = 0;
+    if (t->nrcpts == 0)
+        return 0;
+    if (!t->rcpts)
+        return s->fd >= 0 ? 0 : -1;
     for (size_t i = 0; i < t->nrcpts; i++) {
         struct smtp_rcpt *r = &t->rcpts[i];
         memset(&r->reply, 0, sizeof(r->reply));
         r->stage = SMTP_STAGE_CONNECT;
         r->local = SMTP_LOCAL_NONE;
-        if (bad_txn || !addr_ok(r->addr, 0)) {
-            r->local = SMTP_LOCAL_BAD_ADDRESS;
-            r->stage = bad_txn ? SMTP_STAGE_MAIL : SMTP_STAGE_RCPT;
-            log_kv(LOG_WARN, "smtp_address_refused", "relay", s->relay->name, "which",
-                   bad_txn ? "transaction" : "recipient", (const char *)NULL);
-        } else {
-            nsend++;
-            utf8 |= has_8bit(r->addr, strlen(r->addr));
-        }
     }
-    if (nsend == 0) /* nothing to send: no byte written, session unchanged */
+    if (!addr_ok(t->mail_from, 1) || t->nrcpts > SMTP_RCPTS_MAX ||
+        smtp_addr_wire(t->mail_from, s->mail_wire, sizeof(s->mail_wire), NULL) < 0 ||
+        strlen(s->mail_wire) > SMTP_ADDR_MAX) {
+        /* refused before anything is written, session unchanged */
+        for (size_t i = 0; i < t->nrcpts; i++) {
+            t->rcpts[i].local = SMTP_LOCAL_BAD_ADDRESS;
+            t->rcpts[i].stage = SMTP_STAGE_MAIL;
+        }
+        log_kv(LOG_WARN, "smtp_address_refused", "relay", s->relay->name, "which", "transaction",
+               (const char *)NULL);
         return 0;
+    }
 
     int rc = -1;
     struct buf body;
     buf_init(&body, 0);
     s->t = t;
     s->rst = calloc(t->nrcpts, 1);
-    s->order = calloc(nsend, sizeof(*s->order));
-    if (!s->rst || !s->order || smtp_dot_stuff(t->data ? t->data : "", t->data ? t->datalen : 0, &body) < 0) {
-        /* out of memory, or a message beyond BUF_HARD_MAX once stuffed */
+    s->order = calloc(t->nrcpts, sizeof(*s->order));
+    s->wire = calloc(t->nrcpts, sizeof(*s->wire));
+    if (!s->rst || !s->order || !s->wire) {
         for (size_t i = 0; i < t->nrcpts; i++)
-            if (t->rcpts[i].local == SMTP_LOCAL_NONE)
-                t->rcpts[i].local = SMTP_LOCAL_PROTOCOL;
+            t->rcpts[i].local = SMTP_LOCAL_PROTOCOL;
         rc = s->fd >= 0 ? 0 : -1;
         goto out;
     }
-    for (size_t i = 0, k = 0; i < t->nrcpts; i++)
-        if (t->rcpts[i].local == SMTP_LOCAL_NONE) {
-            s->rst[i] = R_WAIT;
-            s->order[k++] = i;
-        } else {
-            s->rst[i] = R_DONE;
-        }
-    s->nsend = nsend;
-
-    if (s->fd >= 0 && conn_stale(s))
-        conn_close(s, "stale");
-    if (s->fd < 0 && session_setup(s) < 0) {
-        /* set-up failed: the reply or local cause decides everyone */
-        if (s->fail_local != SMTP_LOCAL_NONE)
-            decide_rest(s, NULL, s->fail_local, SMTP_STAGE_CONNECT);
-        else
-            decide_rest(s, &s->fail_reply, SMTP_LOCAL_NONE, SMTP_STAGE_CONNECT);
-        rc = -1;
+    if (send_prepare(s) == 0) { /* nothing to send: no byte written */
+        rc = 0;
+        goto out;
+    }
+    if (smtp_dot_stuff(t->data ? t->data : "", t->data ? t->datalen : 0, &body) < 0) {
+        /* out of memory, or a message beyond BUF_HARD_MAX once stuffed */
+        decide_all(s, NULL, SMTP_LOCAL_PROTOCOL, SMTP_STAGE_CONNECT);
+        rc = s->fd >= 0 ? 0 : -1;
         goto out;
     }
 
-    /* RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8 */
-    size_t pl = 0;
-    s->mail_params[0] = '\0';
-    if (s->caps & CAP_SIZE)
-        pl += (size_t)snprintf(s->mail_params + pl, sizeof(s->mail_params) - pl, " SIZE=%zu",
-                               t->data ? t->datalen : 0);
-    if ((s->caps & CAP_8BITMIME) && t->data && has_8bit(t->data, t->datalen))
-        pl += (size_t)snprintf(s->mail_params + pl, sizeof(s->mail_params) - pl, " BODY=8BITMIME");
-    if ((s->caps & CAP_SMTPUTF8) && utf8)
-        snprintf(s->mail_params + pl, sizeof(s->mail_params) - pl, " SMTPUTF8");
-
-    rc = txn_run(s, &body);
+    int first = 1; /* the message's first transaction on this connection */
+    for (;;) {
+        if (first && s->fd >= 0 && conn_stale(s))
+            conn_close(s, "stale");
+        if (first && max_reached(s))
+            quit_and_close(s, "max_msgs reached");
+        if (s->fd < 0 && session_setup(s) < 0) {
+            /* set-up failed: the reply or local cause decides everyone */
+            if (s->fail_local != SMTP_LOCAL_NONE)
+                decide_all(s, NULL, s->fail_local, SMTP_STAGE_CONNECT);
+            else
+                decide_all(s, &s->fail_reply, SMTP_LOCAL_NONE, SMTP_STAGE_CONNECT);
+            rc = -1;
+            break;
+        }
+        if (first)
+            s->reused = s->ntxn > 0;
+        if (txn_fit(s) == 0 || txn_order(s) == 0) {
+            rc = 0;
+            break;
+        }
+        rc = txn_run(s, &body);
+        if (rc < 0 && first && s->reused && !s->retried && s->mail_lost) {
+            /* RFC 5321 §3.8: a pooled connection the server was closing;
+             * nothing was accepted, so try once more on a fresh one */
+            log_kv(LOG_INFO, "smtp_retry_fresh", "relay", s->relay->name, "reason",
+                   s->fail_reply.code == 421 ? "421 at MAIL on a reused connection"
+                                             : "connection closed at MAIL on a reused connection",
+                   (const char *)NULL);
+            txn_requeue(s, 1);
+            s->retried = 1;
+            s->reused = 0;
+            continue; /* first stays 1: the fresh connection's checks */
+        }
+        first = 0;
+        if (rc < 0 || s->nlater == 0)
+            break;
+        if (s->later_first) {
+            /* no progress: the relay takes no recipient now; keep the
+             * "too many recipients" reply on the rest (deferred) */
+            for (size_t i = 0; i < t->nrcpts; i++)
+                if (s->rst[i] == R_LATER)
+                    s->rst[i] = R_DONE;
+            break;
+        }
+        char n[24];
+        itoa_buf(n, sizeof(n), (long long)s->nlater);
+        log_event(s, LOG_INFO, "smtp_rcpt_limit", "postponed", n, "action", "another transaction");
+        txn_requeue(s, 0);
+    }
+    if (rc == 0 && max_reached(s))
+        quit_and_close(s, "max_msgs reached");
 out:
+    if (s->rst) {
+        /* no record may be left half-way: put-off recipients keep their
+         * "too many recipients" reply; anything else cannot happen */
+        for (size_t i = 0; i < t->nrcpts; i++)
+            if (s->rst[i] == R_LATER)
+                s->rst[i] = R_DONE;
+        decide_rest(s, NULL, SMTP_LOCAL_PROTOCOL, SMTP_STAGE_CONNECT);
+    }
     buf_free(&body);
     free(s->rst);
     free(s->order);
+    free(s->wire);
     s->rst = NULL;
     s->order = NULL;
+    s->wire = NULL;
     s->t = NULL;
     return rc;
+}
+
+const char *smtp_session_tls_version(const struct smtp_session *s)
+{
+    return s && s->tls_version[0] ? s->tls_version : NULL;
+}
+
+const char *smtp_session_tls_cipher(const struct smtp_session *s)
+{
+    return s && s->tls_cipher[0] ? s->tls_cipher : NULL;
+}
+
+int smtp_session_reused(const struct smtp_session *s)
+{
+    return s ? s->reused : 0;
+}
+
+int smtp_session_retried(const struct smtp_session *s)
+{
+    return s ? s->retried : 0;
+}
+
+int smtp_session_relay_fault(const struct smtp_session *s)
+{
+    return s ? s->relay_fault : 0;
 }
 
 void smtp_session_quit(struct smtp_session *s)

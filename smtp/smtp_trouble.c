@@ -7,8 +7,11 @@
  * interprets those facts lives here, so a policy change is one edit.
  *
  * Rules, in order:
- *   - any local cause (timeout, lost connection, TLS, ...) defers: nothing
- *     the relay said was final;
+ *   - a message over the relay's SIZE (RFC 1870) or a non-ASCII local part
+ *     the relay cannot take (no SMTPUTF8, RFC 6531 §3.7.5) bounces: no
+ *     retry can change either;
+ *   - any other local cause (timeout, lost connection, TLS, a timeout after
+ *     the final "." ...) defers: nothing the relay said was final;
  *   - a reply during connection set-up (greeting, EHLO, STARTTLS, AUTH)
  *     defers even when it is 5yz: it is about the relay, not the recipient;
  *   - 2yz is delivery only when it answered the final "." (the recipient's
@@ -23,10 +26,18 @@
 
 #include <string.h>
 
+int smtp_reply_auth_required(const struct smtp_reply *r)
+{
+    return r->code == 530 || r->code == 535 ||
+           (r->code >= 500 && r->code < 600 && strcmp(r->enhanced, "5.7.0") == 0);
+}
+
 enum smtp_verdict smtp_verdict_of(const struct smtp_rcpt *r)
 {
     int code = r->reply.code;
 
+    if (r->local == SMTP_LOCAL_SIZE_EXCEEDED || r->local == SMTP_LOCAL_SMTPUTF8_REQUIRED)
+        return SMTP_BOUNCE;
     if (r->local != SMTP_LOCAL_NONE || code == 0)
         return SMTP_DEFER;
     if (r->stage == SMTP_STAGE_CONNECT)
@@ -36,8 +47,7 @@ enum smtp_verdict smtp_verdict_of(const struct smtp_rcpt *r)
     if (code >= 500 && code < 600) {
         if (r->stage == SMTP_STAGE_RCPT && code == 552)
             return SMTP_DEFER;
-        if (r->stage == SMTP_STAGE_MAIL &&
-            (code == 530 || code == 535 || strcmp(r->reply.enhanced, "5.7.0") == 0))
+        if (r->stage == SMTP_STAGE_MAIL && smtp_reply_auth_required(&r->reply))
             return SMTP_DEFER;
         return SMTP_BOUNCE;
     }
@@ -52,6 +62,9 @@ static const char *const local_names[] = {
     [SMTP_LOCAL_PROTOCOL] = "protocol_error",
     [SMTP_LOCAL_TLS] = "tls_failed",
     [SMTP_LOCAL_BAD_ADDRESS] = "bad_address",
+    [SMTP_LOCAL_TIMEOUT_AFTER_DOT] = "timeout_after_data",
+    [SMTP_LOCAL_SIZE_EXCEEDED] = "size_exceeded",
+    [SMTP_LOCAL_SMTPUTF8_REQUIRED] = "smtputf8_required",
 };
 
 const char *smtp_local_reason(enum smtp_local l)

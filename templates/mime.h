@@ -119,8 +119,72 @@ struct mime_header_field {
     char *value;  /* UTF-8, no CR/LF */
 };
 
+#define MIME_ATTACH_MAX 100         /* attachments in one message */
+#define MIME_FILENAME_MAX 255       /* octets of an attachment's file name (UTF-8) */
+#define MIME_CONTENT_ID_MAX 250     /* octets of a Content-ID, without the angle brackets */
+#define MIME_CTYPE_MAX 255          /* octets of "type/subtype" */
+
+/* One attachment. filename is UTF-8 without control characters;
+ * content_type is "type/subtype" or NULL (then mime_type_for_filename
+ * chooses); data holds len decoded octets (may be NULL when len is 0);
+ * content_id (without angle brackets) makes the part inline, to be
+ * referenced from the html as "cid:<content_id>".
+ * Ownership: when filled by mime_attachment_set, the struct owns every
+ * pointer and mime_attachment_free releases them (safe on a zeroed
+ * struct); mime_build only reads it. */
+struct mime_attachment {
+    char *filename;
+    char *content_type;
+    unsigned char *data;
+    size_t len;
+    char *content_id;
+};
+
+/* mime_attachment_set - fill a from its parts, validating each (see
+ * mime_filename_valid, mime_content_type_valid, mime_content_id_valid) and
+ * decoding base64 (len octets at b64, as mime_base64_decode). filename is
+ * copied; content_type and content_id may be NULL; a content_id given as
+ * "<id>" loses its brackets. On error a is zeroed, *which names the input
+ * at fault ("filename", "content_type", "content" or "content_id") and err
+ * says why. Returns 0 or -1. */
+int mime_attachment_set(struct mime_attachment *a, const char *filename, const char *content_type,
+                        const char *b64, size_t b64len, const char *content_id, const char **which,
+                        char *err, size_t errlen);
+
+/* mime_attachment_free - release what a owns and zero it; NULL is ignored. */
+void mime_attachment_free(struct mime_attachment *a);
+
+/* mime_base64_decode - strict RFC 4648 §4 base64: the standard alphabet,
+ * length a multiple of 4 once line breaks (CR, LF) are skipped, "=" only
+ * as the final one or two padding characters. Any other character (spaces
+ * included), a missing or misplaced "=" is refused. *out is malloc'd (the
+ * caller frees it; non-NULL even for empty input) and *outlen set. Returns
+ * 0, or -1 with a reason in err that names the offending position. */
+int mime_base64_decode(const char *in, size_t len, unsigned char **out, size_t *outlen, char *err,
+                       size_t errlen);
+
+/* mime_type_for_filename - the media type for a file name's extension
+ * (case-insensitive: "pdf" -> "application/pdf", "png" -> "image/png", ...),
+ * else "application/octet-stream". Returns a static string. */
+const char *mime_type_for_filename(const char *filename);
+
+/* mime_content_type_valid - 1 when ct is "type/subtype": two RFC 2045
+ * tokens of at most MIME_CTYPE_MAX octets in all, no parameters. */
+int mime_content_type_valid(const char *ct);
+
+/* mime_filename_valid - 1 when name is 1..MIME_FILENAME_MAX octets of
+ * well-formed UTF-8 with no control characters (so no CR/LF). */
+int mime_filename_valid(const char *name);
+
+/* mime_content_id_valid - 1 when id is a dot-atom-text, optionally
+ * "@" and another dot-atom-text (RFC 5322 msg-id without the brackets),
+ * of at most MIME_CONTENT_ID_MAX octets. */
+int mime_content_id_valid(const char *id);
+
 /* A message to render. Bcc recipients are never written: they exist only
- * in the envelope. */
+ * in the envelope. The struct borrows every pointer: the caller keeps
+ * ownership of the strings, headers and attachments, and mime_build keeps
+ * no reference to them after it returns. */
 struct mime_message {
     struct mime_addr from;
     struct mime_addr_list to, cc, reply_to;
@@ -131,14 +195,85 @@ struct mime_message {
     size_t nheaders;
     const char *message_id;  /* without angle brackets: "id@host" */
     int64_t date_ms;         /* Date: header, ms since the epoch */
+    const struct mime_attachment *attachments; /* nattachments items, in order */
+    size_t nattachments;     /* at most MIME_ATTACH_MAX */
 };
 
 /* mime_build - render m as an RFC 5322 message with MIME-Version, Date,
- * Message-ID; a single text/plain or text/html part, or multipart/alternative
- * with text/plain first when both are given (RFC 2046 §5.1.4). Bodies go as
- * 7bit when they can, else quoted-printable. Output uses CRLF and is NOT
- * dot-stuffed (that is the SMTP client's job). Returns 0, or -1 with a
- * reason in err (message too large, bad header). */
+ * Message-ID. The body is, from the inside out, and each layer only when
+ * needed:
+ *   - a single text/plain or text/html part, or multipart/alternative with
+ *     text/plain first when both are given (RFC 2046 §5.1.4);
+ *   - multipart/related (RFC 2387) around that and the inline attachments
+ *     (those with a content_id), when there are some and there is html;
+ *   - multipart/mixed around that and the other attachments (and inline
+ *     ones when there is no html to refer to them).
+ * Text bodies go as 7bit when they can, else quoted-printable; attachments
+ * as base64 in 76-character lines, with name= (RFC 2047 words when not
+ * ASCII) on Content-Type and filename (RFC 2231 filename*= when not
+ * ASCII) on Content-Disposition. Output uses CRLF and is NOT dot-stuffed
+ * (that is the SMTP client's job). out's maximum bounds the message.
+ * Returns 0, or -1 with a reason in err ("message too large" exactly when
+ * out's maximum was hit; a bad header, address or attachment otherwise);
+ * out is then unchanged. */
 int mime_build(const struct mime_message *m, struct buf *out, char *err, size_t errlen);
+
+/* ---- DKIM signing (mime_dkim.c, RFC 6376, RFC 8463) --------------------- */
+
+#define MIME_DKIM_KEYS_MAX 64      /* entries in MAILGATE_DKIM_KEYS */
+#define MIME_DKIM_SELECTOR_MAX 63  /* octets of a selector */
+#define MIME_DKIM_RSA_MIN_BITS 1024 /* RFC 8301 §3.2: smaller keys are refused */
+
+struct mime_dkim_keys;             /* opaque: the loaded signing keys */
+struct mime_dkim_key;              /* opaque: one domain's key */
+
+/* mime_dkim_keys_load - parse "domain:selector:/path/key.pem,..." and load
+ * every PEM private key (RSA of at least MIME_DKIM_RSA_MIN_BITS, or
+ * Ed25519; unencrypted PKCS#8 or traditional PEM). Domains compare
+ * case-insensitively and may appear once. An empty spec gives an empty
+ * set. *out is freed with mime_dkim_keys_free. The keys are read-only after
+ * loading and may be used from several threads at once. Returns 0, or -1
+ * with one line in err naming the entry at fault (never key material). */
+int mime_dkim_keys_load(const char *spec, struct mime_dkim_keys **out, char *err, size_t errlen);
+
+/* mime_dkim_keys_free - release the keys; NULL is ignored. */
+void mime_dkim_keys_free(struct mime_dkim_keys *keys);
+
+/* mime_dkim_keys_describe - "domain:selector:rsa-2048,..." (for the start-up
+ * log; no paths or key material) into out, truncated to outlen. */
+void mime_dkim_keys_describe(const struct mime_dkim_keys *keys, char *out, size_t outlen);
+
+/* mime_dkim_key_for - the key for domain (case-insensitive), or NULL. The
+ * pointer belongs to keys. keys may be NULL. */
+const struct mime_dkim_key *mime_dkim_key_for(const struct mime_dkim_keys *keys, const char *domain);
+
+/* mime_dkim_sign - sign the rendered message msg (CRLF line ends, not
+ * dot-stuffed: exactly the bytes the SMTP client sends before stuffing)
+ * with key, and prepend the folded DKIM-Signature field to it. Signature:
+ * a=rsa-sha256 or ed25519-sha256, c=relaxed/relaxed, d= and s= of the key,
+ * t=now_s (seconds since the epoch), bh= of the whole body, h= naming the
+ * fields present among From, Reply-To, To, Cc, Subject, Date, Message-ID,
+ * MIME-Version, Content-Type, Content-Transfer-Encoding, List-Unsubscribe
+ * and List-Unsubscribe-Post, with From listed once more than it occurs so
+ * that no From can be added later (RFC 6376 §8.15). msg's maximum still
+ * applies. Returns 0, or -1 with a reason in err ("message too large" when
+ * the maximum is hit); msg is then unchanged. */
+int mime_dkim_sign(const struct mime_dkim_key *key, struct buf *msg, int64_t now_s, char *err,
+                   size_t errlen);
+
+/* mime_dkim_canon_body - append the relaxed body canonicalization (RFC 6376
+ * §3.4.4) of len octets: white space runs become one SP, white space at
+ * line ends and empty lines at the end go, a final CRLF is added to a
+ * non-empty body without one; an empty result stays empty. Only CRLF ends
+ * a line. Returns 0 or -1 when out is full (out unchanged). */
+int mime_dkim_canon_body(const char *body, size_t len, struct buf *out);
+
+/* mime_dkim_canon_header - append the relaxed header canonicalization
+ * (RFC 6376 §3.4.2) of one field as it appears in the message ("Name:
+ * value", folds included, with or without its final CRLF): the name in
+ * lower case, unfolded, white space runs as one SP, none around the colon
+ * or at the end, then CRLF. Returns 0, or -1 when field has no colon or
+ * out is full (out unchanged). */
+int mime_dkim_canon_header(const char *field, size_t len, struct buf *out);
 
 #endif

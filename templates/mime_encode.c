@@ -1,6 +1,8 @@
 /*
  * mime_encode.c - the encoders behind a message: RFC 2047 encoded-words,
- * header field folding, quoted-printable and base64 bodies (see mime.h).
+ * header field folding, quoted-printable and base64 bodies (see mime.h);
+ * and the checks on attachment input: strict base64 decoding, media types
+ * by file extension, file name, media type and Content-ID syntax.
  *
  * Each transformation lives in exactly one function here: folding in
  * mime_header/fold_ascii, encoded-words in mime_encode_words, line breaks
@@ -14,11 +16,17 @@
  *
  * SECURITY: mime_header refuses a value with CR or LF (header injection)
  * or malformed UTF-8, and a field name outside RFC 5322 §3.6.8. The only
- * CR/LF written are the folds and line ends made here.
+ * CR/LF written are the folds and line ends made here. Attachment file
+ * names, media types and Content-IDs are checked here so that none can
+ * carry a CR, LF, quote or parameter into the part headers. The base64
+ * decoder validates every character before OpenSSL sees it.
  */
 #include "templates/mime.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/evp.h>
 
@@ -285,4 +293,223 @@ int mime_body_needs_encoding(const char *in, size_t len)
         }
     }
     return 0;
+}
+
+/* ---- attachments: base64 input, media types, names --------------------- */
+
+/* b64_value - the 6-bit value of a base64 alphabet character, or -1. */
+static int b64_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+/* Characters decoded per EVP_DecodeBlock call: a multiple of 4. */
+#define B64_CHUNK 4096
+
+int mime_base64_decode(const char *in, size_t len, unsigned char **out, size_t *outlen, char *err,
+                       size_t errlen)
+{
+    *out = NULL;
+    *outlen = 0;
+    /* First pass: validate and count, so the output is allocated once. */
+    size_t chars = 0, pads = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if (c == '\r' || c == '\n')
+            continue;
+        if (c == '=') {
+            if (++pads > 2) {
+                snprintf(err, errlen, "is not valid base64: too much \"=\" padding at offset %zu", i);
+                return -1;
+            }
+        } else if (b64_value(c) < 0 || pads) {
+            if (pads)
+                snprintf(err, errlen, "is not valid base64: \"=\" padding before the end (offset %zu)", i);
+            else
+                snprintf(err, errlen, "is not valid base64: character 0x%02x at offset %zu", c, i);
+            return -1;
+        }
+        chars++;
+    }
+    if (chars % 4) {
+        snprintf(err, errlen, "is not valid base64: %zu characters is not a multiple of 4 (missing padding?)",
+                 chars);
+        return -1;
+    }
+    size_t n = chars / 4 * 3 - pads;
+    unsigned char *dst = malloc(n + 1);
+    if (!dst) {
+        snprintf(err, errlen, "is too large to decode");
+        return -1;
+    }
+    /* Second pass: gather the characters without line breaks in chunks
+     * and let OpenSSL decode them; padding only ever ends the last one. */
+    unsigned char chunk[B64_CHUNK];
+    size_t cn = 0, o = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i < len && in[i] != '\r' && in[i] != '\n')
+            chunk[cn++] = (unsigned char)in[i];
+        if (cn == sizeof(chunk) || (i == len && cn)) {
+            unsigned char tmp[B64_CHUNK / 4 * 3];
+            int k = EVP_DecodeBlock(tmp, chunk, (int)cn);
+            if (k < 0) { /* cannot happen after the first pass */
+                free(dst);
+                snprintf(err, errlen, "is not valid base64");
+                return -1;
+            }
+            size_t take = (size_t)k;
+            if (o + take > n)
+                take = n - o; /* EVP_DecodeBlock counts the padding as zeros */
+            memcpy(dst + o, tmp, take);
+            o += take;
+            cn = 0;
+        }
+    }
+    *out = dst;
+    *outlen = n;
+    return 0;
+}
+
+/* Media types by extension: the common attachment types; anything else is
+ * application/octet-stream. Kept sorted by extension for reading only. */
+static const struct {
+    const char *ext, *type;
+} ext_types[] = {
+    {"7z", "application/x-7z-compressed"},
+    {"avif", "image/avif"},
+    {"bmp", "image/bmp"},
+    {"css", "text/css"},
+    {"csv", "text/csv"},
+    {"doc", "application/msword"},
+    {"docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"},
+    {"epub", "application/epub+zip"},
+    {"gif", "image/gif"},
+    {"gz", "application/gzip"},
+    {"heic", "image/heic"},
+    {"htm", "text/html"},
+    {"html", "text/html"},
+    {"ico", "image/vnd.microsoft.icon"},
+    {"ics", "text/calendar"},
+    {"jpeg", "image/jpeg"},
+    {"jpg", "image/jpeg"},
+    {"js", "text/javascript"},
+    {"json", "application/json"},
+    {"md", "text/markdown"},
+    {"mp3", "audio/mpeg"},
+    {"mp4", "video/mp4"},
+    {"odp", "application/vnd.oasis.opendocument.presentation"},
+    {"ods", "application/vnd.oasis.opendocument.spreadsheet"},
+    {"odt", "application/vnd.oasis.opendocument.text"},
+    {"ogg", "audio/ogg"},
+    {"pdf", "application/pdf"},
+    {"png", "image/png"},
+    {"ppt", "application/vnd.ms-powerpoint"},
+    {"pptx", "application/vnd.openxmlformats-officedocument.presentationml.presentation"},
+    {"rtf", "application/rtf"},
+    {"svg", "image/svg+xml"},
+    {"tar", "application/x-tar"},
+    {"tif", "image/tiff"},
+    {"tiff", "image/tiff"},
+    {"txt", "text/plain"},
+    {"vcf", "text/vcard"},
+    {"wav", "audio/wav"},
+    {"webm", "video/webm"},
+    {"webp", "image/webp"},
+    {"xls", "application/vnd.ms-excel"},
+    {"xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"},
+    {"xml", "application/xml"},
+    {"zip", "application/zip"},
+};
+
+const char *mime_type_for_filename(const char *filename)
+{
+    const char *dot = filename ? strrchr(filename, '.') : NULL;
+    if (dot && dot[1])
+        for (size_t i = 0; i < sizeof(ext_types) / sizeof(ext_types[0]); i++)
+            if (strcasecmp(dot + 1, ext_types[i].ext) == 0)
+                return ext_types[i].type;
+    return "application/octet-stream";
+}
+
+/* token_char - RFC 2045 §5.1 token: printable ASCII except SP and tspecials. */
+static int token_char(unsigned char c)
+{
+    return c > 32 && c < 127 && !strchr("()<>@,;:\\\"/[]?=", c);
+}
+
+int mime_content_type_valid(const char *ct)
+{
+    if (!ct || strlen(ct) > MIME_CTYPE_MAX)
+        return 0;
+    const char *slash = strchr(ct, '/');
+    if (!slash || slash == ct || !slash[1])
+        return 0;
+    for (const char *p = ct; *p; p++)
+        if (p != slash && !token_char((unsigned char)*p))
+            return 0;
+    /* Composite types cannot go as base64 (RFC 2045 §6.4, RFC 2046 §5.2.1). */
+    if (strncasecmp(ct, "multipart/", 10) == 0 || strncasecmp(ct, "message/", 8) == 0)
+        return 0;
+    return 1;
+}
+
+int mime_filename_valid(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > MIME_FILENAME_MAX || !util_utf8_valid(name, n))
+        return 0;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            return 0;
+    return 1;
+}
+
+/* atext - RFC 5322 §3.2.3. */
+static int atext(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           (c && strchr("!#$%&'*+-/=?^_`{|}~", c));
+}
+
+/* dot_atom_len - length of the dot-atom-text at s (0 when there is none
+ * or it has an empty atom). */
+static size_t dot_atom_len(const char *s)
+{
+    size_t i = 0;
+    for (;;) {
+        size_t k = i;
+        while (atext((unsigned char)s[k]))
+            k++;
+        if (k == i)
+            return 0;
+        i = k;
+        if (s[i] != '.')
+            return i;
+        i++;
+    }
+}
+
+int mime_content_id_valid(const char *id)
+{
+    if (!id || strlen(id) > MIME_CONTENT_ID_MAX)
+        return 0;
+    size_t k = dot_atom_len(id);
+    if (k == 0)
+        return 0;
+    if (id[k] == '\0')
+        return 1;
+    if (id[k] != '@')
+        return 0;
+    size_t r = dot_atom_len(id + k + 1);
+    return r > 0 && id[k + 1 + r] == '\0';
 }

@@ -125,8 +125,9 @@ class Proc:
         self.argv = argv
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        self.popen = wait_until(lambda: subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env=env, cwd=cwd), timeout=10, desc="exec %s (being rebuilt?)" % argv[0])
         self.pid = self.popen.pid
 
     def alive(self):
@@ -488,13 +489,16 @@ def run_cli(redis_url, *args, env=None, timeout=30):
     """Run $MAILGATE_BIN with args against redis_url; return CompletedProcess."""
     e = base_env(redis_url)
     e.update(env or {})
-    return subprocess.run([MAILGATE_BIN, *args], env=e, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    # wait_until retries while a concurrent `make` relinks the binary.
+    return wait_until(lambda: subprocess.run(
+        [MAILGATE_BIN, *args], env=e, capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL), timeout=10, desc="run %s %s" % (MAILGATE_BIN, args[:2]))
 
 
 @pytest.fixture
 def mailgate(redis, tmp_path, request):
-    assert os.access(MAILGATE_BIN, os.X_OK), "MAILGATE_BIN %s is not an executable" % MAILGATE_BIN
+    wait_until(lambda: os.access(MAILGATE_BIN, os.X_OK), timeout=10,
+               desc="MAILGATE_BIN %s to be an executable" % MAILGATE_BIN)
     started = []
     counter = [0]
 
@@ -512,7 +516,6 @@ def mailgate(redis, tmp_path, request):
                 "MAILGATE_HELO_NAME": "mailgate.test",
                 "MAILGATE_RETRY_SCHEDULE": "1s,2s",
                 "MAILGATE_LOG_LEVEL": "debug",
-                "MAILGATE_WEBHOOK_ALLOW_PRIVATE": "true",
             })
             e.update(env or {})
             log_path = tmp_path / ("mailgate-%d-%d.stderr" % (n, attempt))

@@ -1,7 +1,9 @@
 /*
  * test_mime.c - unit tests for templates/mime*.c: address parsing and
  * formatting, encoded-words, header folding, quoted-printable, base64
- * lines and whole messages. Table-driven; the decoders used to check
+ * lines, attachments (strict base64 input, media types, names, RFC 2231
+ * and RFC 2047 file names, the multipart shapes) and whole messages.
+ * Table-driven; the decoders used to check
  * round trips are written here, independent of the code under test.
  *
  * Set MIME_TEST_DUMP=dir to also write the built messages there, for
@@ -836,6 +838,362 @@ static void test_build_refuses(void **state)
     fixture_free(&fx);
 }
 
+/* ---- attachments ---------------------------------------------------------- */
+
+static void test_base64_decode(void **state)
+{
+    const struct {
+        const char *in, *out;
+        size_t outlen;
+    } good[] = {
+        {"", "", 0},
+        {"aGVsbG8=", "hello", 5},
+        {"aGVsbA==", "hell", 4},
+        {"aGVs", "hel", 3},
+        {"aGVs\r\nbG8=\r\n", "hello", 5},
+        {"aGVs\nbG8=\n", "hello", 5},
+        {"AA==", "\0", 1},
+        {"/+/+", "\xff\xef\xfe", 3},
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        unsigned char *out = NULL;
+        size_t n = 99;
+        char err[200] = "";
+        if (mime_base64_decode(good[i].in, strlen(good[i].in), &out, &n, err, sizeof(err)) != 0)
+            fail_msg("good case %zu refused: %s", i, err);
+        assert_non_null(out);
+        assert_int_equal(n, good[i].outlen);
+        assert_memory_equal(out, good[i].out, n);
+        free(out);
+    }
+    const char *const bad[] = {
+        "aGVsbG8",   /* length */
+        "aGVs bG8=", /* space */
+        "aGVsbG8==", /* 9 characters */
+        "a===",      /* three pads */
+        "====",
+        "=AAA",
+        "aG=sbG8=",  /* '=' before the end */
+        "aGVsbG8*",
+        "aGVs-G8_",  /* base64url */
+        "aGVsbG8=\t",
+        "aGVs\0bG8=",
+        "\xc3\xa4GVs",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        unsigned char *out = (unsigned char *)"x";
+        size_t n = 99;
+        char err[200] = "";
+        size_t len = i == 10 ? 9 : strlen(bad[i]);
+        if (mime_base64_decode(bad[i], len, &out, &n, err, sizeof(err)) != -1)
+            fail_msg("bad case %zu accepted", i);
+        assert_null(out);
+        assert_int_equal(n, 0);
+        assert_non_null(strstr(err, "base64"));
+    }
+    /* large input, wrapped as a mail client would: crosses the decoder's
+     * internal chunks, and round-trips with mime_base64_lines */
+    size_t big = 300 * 1024 + 1;
+    unsigned char *data = malloc(big);
+    for (size_t i = 0; i < big; i++)
+        data[i] = (unsigned char)(i * 7 + i / 251);
+    struct buf enc;
+    buf_init(&enc, 0);
+    assert_int_equal(mime_base64_lines(data, big, &enc), 0);
+    unsigned char *out;
+    size_t n;
+    char err[200];
+    assert_int_equal(mime_base64_decode(enc.data, enc.len, &out, &n, err, sizeof(err)), 0);
+    assert_int_equal(n, big);
+    assert_memory_equal(out, data, big);
+    free(out);
+    buf_free(&enc);
+    free(data);
+}
+
+static void test_attachment_checks(void **state)
+{
+    const struct {
+        const char *name, *type;
+    } types[] = {
+        {"r.pdf", "application/pdf"}, {"R.PDF", "application/pdf"}, {"a.b.png", "image/png"},
+        {"x.jpg", "image/jpeg"}, {"x.jpeg", "image/jpeg"}, {"x.gif", "image/gif"}, {"x.webp", "image/webp"},
+        {"x.svg", "image/svg+xml"}, {"x.txt", "text/plain"}, {"x.csv", "text/csv"}, {"x.htm", "text/html"},
+        {"x.ics", "text/calendar"}, {"x.json", "application/json"}, {"x.xml", "application/xml"},
+        {"x.zip", "application/zip"}, {"x.gz", "application/gzip"}, {"x.doc", "application/msword"},
+        {"x.xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"},
+        {"x.pptx", "application/vnd.openxmlformats-officedocument.presentationml.presentation"},
+        {"noext", "application/octet-stream"}, {"x.", "application/octet-stream"},
+        {".pdf", "application/pdf"}, {"x.unknown", "application/octet-stream"}, {"pdf", "application/octet-stream"},
+    };
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+        assert_string_equal(mime_type_for_filename(types[i].name), types[i].type);
+
+    assert_true(mime_content_type_valid("application/pdf"));
+    assert_true(mime_content_type_valid("application/vnd.ms-excel"));
+    assert_true(mime_content_type_valid("image/svg+xml"));
+    assert_true(mime_content_type_valid("X-Custom/x.y_z"));
+    const char *const bad_types[] = {"pdf", "/pdf", "application/", "text/plain; charset=utf-8", "text/ plain",
+                                     "text/plain\r\nBcc: x", "a/b/c", "text/pl\"ain", "multipart/mixed",
+                                     "message/rfc822", "", "t\xc3\xa9xt/plain"};
+    for (size_t i = 0; i < sizeof(bad_types) / sizeof(bad_types[0]); i++)
+        if (mime_content_type_valid(bad_types[i]))
+            fail_msg("content type %zu accepted", i);
+
+    assert_true(mime_filename_valid("r.pdf"));
+    assert_true(mime_filename_valid("Größe \"q\" \\ x.pdf"));
+    const char *const bad_names[] = {"", "a\r\nb", "a\nb", "a\tb", "a\x7f", "\xc3(", NULL};
+    for (size_t i = 0; bad_names[i]; i++)
+        assert_false(mime_filename_valid(bad_names[i]));
+    assert_false(mime_filename_valid(NULL));
+    char longname[MIME_FILENAME_MAX + 2];
+    memset(longname, 'a', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    assert_false(mime_filename_valid(longname));
+    longname[MIME_FILENAME_MAX] = '\0';
+    assert_true(mime_filename_valid(longname));
+
+    assert_true(mime_content_id_valid("logo"));
+    assert_true(mime_content_id_valid("logo.png@acme.example"));
+    assert_true(mime_content_id_valid("a+b=c@x"));
+    const char *const bad_ids[] = {"", "a b", "<a>", "a@b@c", "a..b", ".a", "a@", "@b", "a>\r\nX: y", "a\"b", NULL};
+    for (size_t i = 0; bad_ids[i]; i++)
+        if (mime_content_id_valid(bad_ids[i]))
+            fail_msg("content id %zu accepted", i);
+
+    struct mime_attachment a;
+    const char *which = NULL;
+    char err[200];
+    assert_int_equal(mime_attachment_set(&a, "r.pdf", NULL, "aGVsbG8=", 8, "<logo@x>", &which, err, sizeof(err)), 0);
+    assert_string_equal(a.filename, "r.pdf");
+    assert_null(a.content_type);
+    assert_string_equal(a.content_id, "logo@x");
+    assert_int_equal(a.len, 5);
+    assert_memory_equal(a.data, "hello", 5);
+    mime_attachment_free(&a);
+    mime_attachment_free(&a); /* zeroed: safe */
+    mime_attachment_free(NULL);
+    const struct {
+        const char *fn, *ct, *b64, *cid, *which;
+    } bad[] = {
+        {"a\nb", NULL, "aGVsbG8=", NULL, "filename"},
+        {"a", "nope", "aGVsbG8=", NULL, "content_type"},
+        {"a", NULL, "aGVsbG8", NULL, "content"},
+        {"a", NULL, "aGVsbG8=", "a b", "content_id"},
+        {"a", NULL, "aGVsbG8=", "<>", "content_id"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        if (mime_attachment_set(&a, bad[i].fn, bad[i].ct, bad[i].b64, strlen(bad[i].b64), bad[i].cid, &which, err,
+                                sizeof(err)) != -1)
+            fail_msg("attachment case %zu accepted", i);
+        assert_string_equal(which, bad[i].which);
+        assert_true(err[0] != '\0');
+        assert_null(a.filename);
+        assert_null(a.data);
+    }
+}
+
+/* content_types - the Content-Type values of msg in order, joined by ",". */
+static void content_types(const char *msg, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    for (const char *p = msg; (p = strstr(p, "Content-Type: ")) != NULL; p += 14) {
+        size_t n = strcspn(p + 14, ";\r");
+        size_t used = strlen(out);
+        snprintf(out + used, outlen - used, "%s%.*s", used ? "," : "", (int)n, p + 14);
+    }
+}
+
+/* rfc2231_value - the decoded value of param (param*= or param*0*=, ...)
+ * in the header block at s; malloc'd, NULL when absent. */
+static char *rfc2231_value(const char *s, const char *param)
+{
+    char *u = unfold(s);
+    struct buf b;
+    buf_init(&b, 0);
+    char key[64];
+    int segs = 0;
+    for (int seg = -1;; seg++) {
+        if (seg < 0)
+            snprintf(key, sizeof(key), " %s*=utf-8''", param);
+        else
+            snprintf(key, sizeof(key), " %s*%d*=%s", param, seg, seg ? "" : "utf-8''");
+        const char *p = strstr(u, key);
+        if (!p) {
+            if (seg < 0)
+                continue;
+            break;
+        }
+        for (p += strlen(key); *p && *p != ';' && *p != '\r'; p++) {
+            if (*p == '%') {
+                char hx[3] = {p[1], p[2], 0};
+                buf_putc(&b, (char)strtol(hx, NULL, 16));
+                p += 2;
+            } else {
+                buf_putc(&b, *p);
+            }
+        }
+        segs++;
+        if (seg < 0)
+            break;
+    }
+    free(u);
+    if (!segs) {
+        buf_free(&b);
+        return NULL;
+    }
+    return buf_steal(&b);
+}
+
+static void test_build_attachments(void **state)
+{
+    static const unsigned char png[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 0x0d, 'I', 'H', 'D', 'R'};
+    unsigned char pdf[5000];
+    for (size_t i = 0; i < sizeof(pdf); i++)
+        pdf[i] = (unsigned char)(i * 31);
+    char emoji_name[MIME_FILENAME_MAX + 1] = "";
+    for (int i = 0; i < 62; i++)
+        strcat(emoji_name, "📄");
+    strcat(emoji_name, ".pdf"); /* 252 octets: 16 RFC 2231 segments */
+    struct mime_attachment inl = {"logo.png", NULL, (unsigned char *)png, sizeof(png), "logo@acme.example"};
+    struct mime_attachment doc = {"Größe – 2026.pdf", "application/pdf", pdf, sizeof(pdf), NULL};
+    struct mime_attachment longdoc = {emoji_name, NULL, pdf, 100, NULL};
+    struct mime_attachment empty = {"empty.txt", NULL, NULL, 0, NULL};
+    struct mime_attachment quoted = {"a \"b\" \\c.csv", NULL, (unsigned char *)"x", 1, NULL};
+
+    const struct {
+        const char *name;
+        int text, html;
+        struct mime_attachment atts[5];
+        size_t n;
+        const char *want;
+    } shapes[] = {
+        {"inline-html.eml", 0, 1, {inl}, 1, "multipart/related,text/html,image/png"},
+        {"inline-both.eml", 1, 1, {inl}, 1,
+         "multipart/related,multipart/alternative,text/plain,text/html,image/png"},
+        {"pdf-text.eml", 1, 0, {doc}, 1, "multipart/mixed,text/plain,application/pdf"},
+        {"inline-text.eml", 1, 0, {inl}, 1, "multipart/mixed,text/plain,image/png"},
+        {"all.eml", 1, 1, {doc, inl, longdoc, empty, quoted}, 5,
+         "multipart/mixed,multipart/related,multipart/alternative,text/plain,text/html,image/png,"
+         "application/pdf,application/pdf,text/plain,text/csv"},
+    };
+    for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+        struct msg_fixture fx;
+        fixture_init(&fx);
+        if (!shapes[si].text)
+            fx.m.text = NULL;
+        if (!shapes[si].html)
+            fx.m.html = NULL;
+        fx.m.attachments = shapes[si].atts;
+        fx.m.nattachments = shapes[si].n;
+        struct buf b;
+        buf_init(&b, 1 << 20);
+        char err[200] = "";
+        if (mime_build(&fx.m, &b, err, sizeof(err)) != 0)
+            fail_msg("%s: %s", shapes[si].name, err);
+        dump(shapes[si].name, &b);
+        assert_lines(b.data, b.len, MIME_LINE_HARD, 0);
+        char got[400];
+        content_types(b.data, got, sizeof(got));
+        if (strcmp(got, shapes[si].want) != 0)
+            fail_msg("%s: structure %s, want %s", shapes[si].name, got, shapes[si].want);
+        /* every part header line within 78 */
+        for (const char *p = b.data; (p = strstr(p, "\r\nContent-")) != NULL; p += 2) {
+            const char *e = strstr(p + 2, "\r\n\r\n");
+            assert_lines(p + 2, (size_t)(e - p), MIME_LINE_SOFT, 1);
+        }
+        if (shapes[si].text && shapes[si].html && strstr(shapes[si].want, "related"))
+            assert_non_null(strstr(b.data, "multipart/related;\r\n type=\"multipart/alternative\";"));
+        /* each attachment: its headers, and base64 that decodes back */
+        for (size_t k = 0; k < shapes[si].n; k++) {
+            const struct mime_attachment *a = &shapes[si].atts[k];
+            const char *h;
+            if (a->content_id) {
+                h = strstr(b.data, "Content-ID: <logo@acme.example>\r\n");
+                assert_non_null(h);
+                h = strstr(b.data, "Content-Type: image/png;\r\n name=\"logo.png\"\r\n"
+                                   "Content-Disposition: inline;\r\n filename=\"logo.png\"\r\n");
+                if (!shapes[si].html) /* no html: it still says inline, in mixed */
+                    assert_non_null(h);
+            } else if (a == &shapes[si].atts[k] && a->filename == empty.filename) {
+                h = strstr(b.data, "filename=\"empty.txt\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\r\n--");
+                assert_non_null(h);
+                continue;
+            } else if (a->filename == quoted.filename) {
+                assert_non_null(strstr(b.data, " name=\"a \\\"b\\\" \\\\c.csv\"\r\n"));
+                continue;
+            } else {
+                char *v = rfc2231_value(b.data + (strstr(b.data, a->filename == doc.filename ? "%C3%B6" : "%F0%9F") -
+                                                  b.data) - 40, "filename");
+                assert_non_null(v);
+                assert_string_equal(v, a->filename);
+                free(v);
+                h = strstr(b.data, a->filename == doc.filename ? "Content-Type: application/pdf;\r\n name=\"=?UTF-8?B?"
+                                                               : "Content-Type: application/pdf;\r\n name=\"=?UTF-8?B?8J");
+                assert_non_null(h);
+                const char *q = h + strlen("Content-Type: application/pdf;\r\n name=\"");
+                const char *qe = strstr(q, "\"\r\n");
+                char *words = strndup(q, (size_t)(qe - q));
+                char *dec = ew_decode_all(words);
+                assert_string_equal(dec, a->filename);
+                free(dec);
+                free(words);
+            }
+            const char *body = strstr(h, "\r\n\r\n") + 4;
+            const char *end = strstr(body, "\r\n--");
+            char *b64 = strndup(body, (size_t)(end - body));
+            assert_lines(b64, strlen(b64), 76, 1);
+            unsigned char *dec;
+            size_t n;
+            assert_int_equal(mime_base64_decode(b64, strlen(b64), &dec, &n, err, sizeof(err)), 0);
+            assert_int_equal(n, a->len);
+            assert_memory_equal(dec, a->data, n);
+            free(dec);
+            free(b64);
+        }
+        buf_free(&b);
+        fixture_free(&fx);
+    }
+
+    /* refused: bad attachments filled by hand, too many, too large */
+    struct msg_fixture fx;
+    fixture_init(&fx);
+    struct buf b;
+    char err[200];
+    buf_init(&b, 1 << 20);
+    struct mime_attachment bad = {"a\r\nb", NULL, NULL, 0, NULL};
+    fx.m.attachments = &bad;
+    fx.m.nattachments = 1;
+    assert_int_equal(mime_build(&fx.m, &b, err, sizeof(err)), -1);
+    bad.filename = "ok";
+    bad.content_type = "text/plain; x=y";
+    assert_int_equal(mime_build(&fx.m, &b, err, sizeof(err)), -1);
+    bad.content_type = NULL;
+    bad.content_id = "x>";
+    assert_int_equal(mime_build(&fx.m, &b, err, sizeof(err)), -1);
+    bad.content_id = NULL;
+    bad.len = 3; /* no data */
+    assert_int_equal(mime_build(&fx.m, &b, err, sizeof(err)), -1);
+    fx.m.nattachments = MIME_ATTACH_MAX + 1;
+    assert_int_equal(mime_build(&fx.m, &b, err, sizeof(err)), -1);
+    assert_int_equal(b.len, 0);
+    buf_free(&b);
+    fx.m.nattachments = 0;
+    buf_init(&b, 1 << 20);
+    assert_int_equal(mime_build(&fx.m, &b, err, sizeof(err)), 0);
+    size_t plain = b.len;
+    buf_free(&b);
+    fx.m.attachments = &doc;
+    fx.m.nattachments = 1;
+    buf_init(&b, plain + 2000); /* the bodies fit, the attachment does not */
+    assert_int_equal(mime_build(&fx.m, &b, err, sizeof(err)), -1);
+    assert_string_equal(err, "message too large");
+    assert_int_equal(b.len, 0);
+    buf_free(&b);
+    fixture_free(&fx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -853,6 +1211,9 @@ int main(void)
         cmocka_unit_test(test_build_multipart),
         cmocka_unit_test(test_build_single_and_empty),
         cmocka_unit_test(test_build_refuses),
+        cmocka_unit_test(test_base64_decode),
+        cmocka_unit_test(test_attachment_checks),
+        cmocka_unit_test(test_build_attachments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

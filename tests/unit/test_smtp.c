@@ -6,6 +6,8 @@
  *
  * The scripted server never asserts (cmocka is not thread-safe): it writes
  * the first mismatch into script.err, which the test checks after joining.
+ * Where a test checks what was logged (alerts, no password), it captures
+ * fd 2 into a temporary file around the call.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -200,7 +202,8 @@ static void test_relay_ok(void **state)
     char err[256] = "";
     int rc = smtp_relays_parse(
         " smtp://us%40er:p%3Ass@mail.example:2525?tls=required&verify=false&ca=/etc/ca%20x.pem&pool=64&name=primary ,"
-        "smtps://relay.example,SMTP://[2001:db8::1]:587?tls=none,smtp://10.0.0.1?tls=opportunistic&pool=1",
+        "smtps://relay.example?max_msgs=0&rate=50/s&idle=0,SMTP://[2001:db8::1]:587?tls=none&rate=7&idle=300,"
+        "smtp://10.0.0.1?tls=opportunistic&pool=1&max_msgs=100000",
         &v, &n, err, sizeof(err));
     assert_int_equal(rc, 0);
     assert_int_equal(n, 4);
@@ -213,6 +216,9 @@ static void test_relay_ok(void **state)
     assert_string_equal(v[0].ca, "/etc/ca x.pem");
     assert_int_equal(v[0].pool, 64);
     assert_string_equal(v[0].name, "primary");
+    assert_int_equal(v[0].max_msgs, 100); /* defaults */
+    assert_int_equal(v[0].rate, 0);
+    assert_int_equal(v[0].idle_s, 30);
 
     assert_string_equal(v[1].host, "relay.example");
     assert_int_equal(v[1].port, 465);
@@ -223,16 +229,23 @@ static void test_relay_ok(void **state)
     assert_null(v[1].pass);
     assert_int_equal(v[1].pool, 4);
     assert_string_equal(v[1].name, "relay.example:465");
+    assert_int_equal(v[1].max_msgs, 0);
+    assert_int_equal(v[1].rate, 50);
+    assert_int_equal(v[1].idle_s, 0);
 
     assert_string_equal(v[2].host, "2001:db8::1");
     assert_int_equal(v[2].port, 587);
     assert_int_equal(v[2].tls, SMTP_TLS_NONE);
     assert_string_equal(v[2].name, "[2001:db8::1]:587");
+    assert_int_equal(v[2].rate, 7);
+    assert_int_equal(v[2].idle_s, 300);
+    assert_int_equal(v[2].max_msgs, 100);
 
     assert_string_equal(v[3].host, "10.0.0.1");
     assert_int_equal(v[3].port, 25);
     assert_int_equal(v[3].tls, SMTP_TLS_OPPORTUNISTIC);
     assert_int_equal(v[3].pool, 1);
+    assert_int_equal(v[3].max_msgs, 100000);
     smtp_relays_free(v, n);
     smtp_relays_free(NULL, 0);
 
@@ -287,6 +300,18 @@ static void test_relay_bad(void **state)
         "smtp://h1,,smtp://u:s3cret@h2",
         "smtp://h1,",
         "smtp://h1,smtp://u:s3cret@h2?name=a%01b",
+        "smtp://u:s3cret@h?max_msgs=-1",
+        "smtp://u:s3cret@h?max_msgs=100001",
+        "smtp://u:s3cret@h?max_msgs=",
+        "smtp://u:s3cret@h?max_msgs=1&max_msgs=2",
+        "smtp://u:s3cret@h?rate=5/m",
+        "smtp://u:s3cret@h?rate=/s",
+        "smtp://u:s3cret@h?rate=x/s",
+        "smtp://u:s3cret@h?rate=100001",
+        "smtp://u:s3cret@h?rate=1/s/s",
+        "smtp://u:s3cret@h?idle=86401",
+        "smtp://u:s3cret@h?idle=5s",
+        "smtp://u:s3cret@h?idle=",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct smtp_relay *v = (void *)1;
@@ -341,6 +366,14 @@ static void test_verdict_table(void **state)
         {0, "", SMTP_STAGE_RCPT, SMTP_LOCAL_BAD_ADDRESS, SMTP_DEFER},
         {0, "", SMTP_STAGE_CONNECT, SMTP_LOCAL_TLS, SMTP_DEFER},
         {0, "", SMTP_STAGE_MAIL, SMTP_LOCAL_PROTOCOL, SMTP_DEFER},
+        {0, "", SMTP_STAGE_DOT, SMTP_LOCAL_TIMEOUT_AFTER_DOT, SMTP_DEFER}, /* may be delivered */
+        {0, "5.3.4", SMTP_STAGE_MAIL, SMTP_LOCAL_SIZE_EXCEEDED, SMTP_BOUNCE},
+        {0, "5.6.7", SMTP_STAGE_RCPT, SMTP_LOCAL_SMTPUTF8_REQUIRED, SMTP_BOUNCE},
+        {0, "5.6.7", SMTP_STAGE_MAIL, SMTP_LOCAL_SMTPUTF8_REQUIRED, SMTP_BOUNCE},
+        {452, "4.5.3", SMTP_STAGE_RCPT, SMTP_LOCAL_NONE, SMTP_DEFER}, /* limit never lifted */
+        {552, "5.5.3", SMTP_STAGE_RCPT, SMTP_LOCAL_NONE, SMTP_DEFER},
+        {554, "5.7.0", SMTP_STAGE_MAIL, SMTP_LOCAL_NONE, SMTP_DEFER},
+        {454, "4.7.0", SMTP_STAGE_MAIL, SMTP_LOCAL_NONE, SMTP_DEFER},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct smtp_rcpt r;
@@ -355,7 +388,27 @@ static void test_verdict_table(void **state)
     assert_string_equal(smtp_local_reason(SMTP_LOCAL_TIMEOUT), "timeout");
     assert_string_equal(smtp_local_reason(SMTP_LOCAL_LOST), "connection_lost");
     assert_string_equal(smtp_local_reason(SMTP_LOCAL_BAD_ADDRESS), "bad_address");
+    assert_string_equal(smtp_local_reason(SMTP_LOCAL_TIMEOUT_AFTER_DOT), "timeout_after_data");
+    assert_string_equal(smtp_local_reason(SMTP_LOCAL_SIZE_EXCEEDED), "size_exceeded");
+    assert_string_equal(smtp_local_reason(SMTP_LOCAL_SMTPUTF8_REQUIRED), "smtputf8_required");
     assert_string_equal(smtp_local_reason((enum smtp_local)99), "unknown");
+
+    static const struct {
+        int code;
+        const char *enh;
+        int want;
+    } auth[] = {
+        {530, "", 1}, {530, "5.7.0", 1}, {535, "5.7.8", 1}, {550, "5.7.0", 1},
+        {550, "5.7.1", 0}, {454, "4.7.0", 0}, {250, "", 0}, {0, "", 0},
+    };
+    for (size_t i = 0; i < sizeof(auth) / sizeof(auth[0]); i++) {
+        struct smtp_reply r;
+        memset(&r, 0, sizeof(r));
+        r.code = auth[i].code;
+        snprintf(r.enhanced, sizeof(r.enhanced), "%s", auth[i].enh);
+        if (smtp_reply_auth_required(&r) != auth[i].want)
+            fail_msg("auth_required case %zu", i);
+    }
 }
 
 /* ---- scripted server ------------------------------------------------------------------ */
@@ -363,7 +416,8 @@ static void test_verdict_table(void **state)
 /* One step of a dialogue: wait for exactly `expect` from the client (NULL:
  * expect nothing), then send `reply` (NULL: send nothing). one_write: the
  * expected bytes must arrive in a single read. reconnect: close this
- * connection, accept the next one and send the greeting again. */
+ * connection, accept the next one and send the greeting again (or `reply`
+ * when set, as that connection's greeting). */
 struct step {
     const char *expect;
     const char *reply;
@@ -442,7 +496,7 @@ static int srv_read(struct script *sc)
     return n > 0;
 }
 
-static int srv_accept(struct script *sc)
+static int srv_accept(struct script *sc, const char *greeting)
 {
     struct pollfd pfd = {.fd = sc->lfd, .events = POLLIN};
     if (poll(&pfd, 1, 3000) <= 0)
@@ -456,7 +510,7 @@ static int srv_accept(struct script *sc)
     setsockopt(sc->cfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     if (sc->implicit && srv_handshake(sc) < 0)
         return -2;
-    return sc->greeting ? srv_send(sc, sc->greeting) : 0;
+    return greeting ? srv_send(sc, greeting) : 0;
 }
 
 /* srv_close - end the client connection (TLS without close_notify). */
@@ -471,7 +525,7 @@ static void srv_close(struct script *sc)
 static void *srv_main(void *arg)
 {
     struct script *sc = arg;
-    int ar = srv_accept(sc);
+    int ar = srv_accept(sc, sc->greeting);
     if (ar == -2 && sc->tls_fail_ok) {
         srv_close(sc);
         return NULL;
@@ -484,7 +538,7 @@ static void *srv_main(void *arg)
         const struct step *st = &sc->steps[i];
         if (st->reconnect) {
             srv_close(sc);
-            if (srv_accept(sc) < 0) {
+            if (srv_accept(sc, st->reply ? st->reply : sc->greeting) < 0) {
                 snprintf(sc->err, sizeof(sc->err), "step %zu: no reconnection", i);
                 return NULL;
             }
@@ -583,6 +637,34 @@ static void script_finish(struct script *sc)
         fail_msg("scripted server: %s", sc->err);
 }
 
+/* ---- log capture: what the session writes to stderr during a call ------------------------ */
+
+struct capture {
+    int saved, fd;
+    char path[64];
+};
+
+static void capture_start(struct capture *c)
+{
+    strcpy(c->path, "/tmp/mailgate-test-log-XXXXXX");
+    c->fd = mkstemp(c->path);
+    assert_true(c->fd >= 0);
+    fflush(stderr);
+    c->saved = dup(STDERR_FILENO);
+    dup2(c->fd, STDERR_FILENO);
+}
+
+/* capture_end - restore stderr; the captured text into out (NUL-terminated). */
+static void capture_end(struct capture *c, char *out, size_t outlen)
+{
+    dup2(c->saved, STDERR_FILENO);
+    close(c->saved);
+    ssize_t n = pread(c->fd, out, outlen - 1, 0);
+    out[n > 0 ? n : 0] = '\0';
+    close(c->fd);
+    unlink(c->path);
+}
+
 /* ---- session tests ---------------------------------------------------------------------- */
 
 struct fixture {
@@ -662,8 +744,14 @@ static void test_session_pipelined(void **state)
         assert_string_equal(r[i].reply.text, "queued as X");
     }
     assert_int_equal(smtp_session_transactions(s), 1);
+    assert_null(smtp_session_tls_version(s)); /* plaintext */
+    assert_null(smtp_session_tls_cipher(s));
+    assert_false(smtp_session_reused(s));
+    assert_false(smtp_session_retried(s));
+    assert_false(smtp_session_relay_fault(s));
     smtp_session_quit(s);
     assert_false(smtp_session_is_open(s));
+    assert_null(smtp_session_tls_version(NULL));
     smtp_session_free(s);
     script_finish(&sc);
 }
@@ -883,7 +971,8 @@ static void test_session_421(void **state)
     assert_int_equal(sc.connections, 2);
 }
 
-/* no reply to "." within dot_ms: local timeout, connection closed */
+/* no reply to "." within dot_ms: a timeout told apart from the others
+ * (the message may have been delivered), deferred, connection closed */
 static void test_session_timeout(void **state)
 {
     (void)state;
@@ -903,7 +992,8 @@ static void test_session_timeout(void **state)
     struct smtp_txn t;
     txn_init(&t, r, addrs, 1);
     assert_int_equal(smtp_session_send(s, &t), -1);
-    assert_int_equal(r[0].local, SMTP_LOCAL_TIMEOUT);
+    assert_int_equal(r[0].local, SMTP_LOCAL_TIMEOUT_AFTER_DOT);
+    assert_string_equal(smtp_local_reason(r[0].local), "timeout_after_data");
     assert_int_equal(r[0].reply.code, 0);
     assert_int_equal(r[0].stage, SMTP_STAGE_DOT);
     assert_int_equal(smtp_verdict_of(&r[0]), SMTP_DEFER);
@@ -970,6 +1060,7 @@ static void test_session_greeting_refused(void **state)
     assert_int_equal(why.code, 554);
     assert_string_equal(why.enhanced, "5.3.2");
     assert_int_equal(local, SMTP_LOCAL_NONE);
+    assert_false(smtp_session_relay_fault(s)); /* the relay is busy, not misconfigured */
     assert_false(smtp_session_is_open(s));
     smtp_session_free(s);
     script_finish(&sc);
@@ -1012,6 +1103,465 @@ static void test_session_connect_failed(void **state)
     smtp_session_free(NULL);
 }
 
+
+/* ---- addresses and config strings ------------------------------------------------------ */
+
+/* IDN domains become A-labels, local parts are untouched, and whether the
+ * local part needs SMTPUTF8 is reported */
+static void test_addr_wire(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        int rc;
+        const char *out;
+        int utf8;
+    } cases[] = {
+        {"user@b\xc3\xbc" "cher.example", 0, "user@xn--bcher-kva.example", 0},
+        {"user@B\xc3\x9c" "CHER.example", 0, "user@xn--bcher-kva.example", 0}, /* UTS #46 mapping */
+        {"a@fa\xc3\x9f.de", 0, "a@xn--fa-hia.de", 0},                         /* non-transitional */
+        {"j\xc3\xb6@b\xc3\xbc" "cher.example", 0, "j\xc3\xb6@xn--bcher-kva.example", 1},
+        {"j\xc3\xb6@x.example", 0, "j\xc3\xb6@x.example", 1},
+        {"UsEr@ExAmple.COM", 0, "UsEr@ExAmple.COM", 0}, /* ASCII: byte for byte */
+        {"a@xn--bcher-kva.example", 0, "a@xn--bcher-kva.example", 0},
+        {"\"a@b\"@b\xc3\xbc" "cher.example", 0, "\"a@b\"@xn--bcher-kva.example", 0}, /* last '@' */
+        {"postmaster", 0, "postmaster", 0},
+        {"", 0, "", 0},
+        {"a@[192.0.2.1]", 0, "a@[192.0.2.1]", 0},
+        {"a@[\xc3\xbc]", -1, NULL, 0},
+        {"a@\xe2\x98\x83.net", -1, NULL, 0},     /* U+2603 is not allowed in IDNA2008 */
+        {"a@-\xc3\xbc.example", -1, NULL, 0},    /* leading hyphen */
+        {"a@b\xff.example", -1, NULL, 0},        /* not UTF-8 */
+        {"\xc3@x", -1, NULL, 0},                 /* truncated sequence */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char out[SMTP_ADDR_MAX + 1];
+        int utf8 = 7;
+        int rc = smtp_addr_wire(cases[i].in, out, sizeof(out), &utf8);
+        if (rc != cases[i].rc)
+            fail_msg("addr case %zu: rc %d want %d", i, rc, cases[i].rc);
+        if (rc == 0 && (strcmp(out, cases[i].out) != 0 || utf8 != cases[i].utf8))
+            fail_msg("addr case %zu: got [%s] utf8 %d", i, out, utf8);
+    }
+    /* the result must fit */
+    char small[20];
+    assert_int_equal(smtp_addr_wire("user@b\xc3\xbc" "cher.example", small, sizeof(small), NULL), -1);
+    assert_int_equal(smtp_addr_wire("user@bucher.example", small, sizeof(small), NULL), 0);
+    assert_int_equal(smtp_addr_wire("user@bucher.example1", small, sizeof(small), NULL), -1);
+    assert_int_equal(smtp_addr_wire(NULL, small, sizeof(small), NULL), -1);
+}
+
+static void test_timeouts_parse(void **state)
+{
+    (void)state;
+    struct smtp_timeouts t, d;
+    char err[256];
+    smtp_timeouts_default(&d);
+
+    t = d;
+    assert_int_equal(smtp_timeouts_parse("connect=30s,greeting=5m,mail=5m,rcpt=5m,data=2m,block=3m,dot=10m",
+                                         &t, err, sizeof(err)), 0);
+    assert_memory_equal(&t, &d, sizeof(t)); /* the RFC values, spelled out */
+
+    assert_int_equal(smtp_timeouts_parse(" dot = 1h , connect=250ms,EHLO=7,data=1m ", &t, err, sizeof(err)), 0);
+    assert_int_equal(t.dot_ms, 3600 * 1000);
+    assert_int_equal(t.connect_ms, 250);
+    assert_int_equal(t.ehlo_ms, 7000);
+    assert_int_equal(t.data_ms, 60 * 1000);
+    assert_int_equal(t.greeting_ms, d.greeting_ms); /* untouched */
+    assert_int_equal(t.block_ms, d.block_ms);
+
+    struct smtp_timeouts keep = t;
+    assert_int_equal(smtp_timeouts_parse(NULL, &t, err, sizeof(err)), 0);
+    assert_int_equal(smtp_timeouts_parse("", &t, err, sizeof(err)), 0);
+    assert_int_equal(smtp_timeouts_parse("  ", &t, err, sizeof(err)), 0);
+    assert_int_equal(smtp_timeouts_parse("rcpt=24h", &t, err, sizeof(err)), 0);
+    assert_int_equal(t.rcpt_ms, SMTP_TIMEOUT_MAX_MS);
+    t = keep;
+
+    static const char *const bad[] = {
+        "dot",          "dot=",          "=5m",          "dot=5x",       "dot=0",        "dot=0ms",
+        "dot=25h",      "dot=2d",        "dot=-1s",      "dot=1.5m",     "quit=5m",      "dot=1m,dot=2m",
+        "dot=1m,",      ",dot=1m",       "dot=1m,,rcpt=1m", "dot=ms",    "dot=86400001ms", "dot=5 m",
+        "dot=99999999999999999999s",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        if (smtp_timeouts_parse(bad[i], &t, err, sizeof(err)) != -1)
+            fail_msg("accepted bad timeouts [%s]", bad[i]);
+        if (!err[0])
+            fail_msg("no error text for [%s]", bad[i]);
+        assert_memory_equal(&t, &keep, sizeof(t)); /* unchanged on error */
+    }
+    /* a bad item after good ones changes nothing either */
+    assert_int_equal(smtp_timeouts_parse("mail=1s,bogus=2s", &t, err, sizeof(err)), -1);
+    assert_int_equal(t.mail_ms, keep.mail_ms);
+}
+
+/* ---- policy in the session ------------------------------------------------------------- */
+
+/* 421 on a reused connection: MAIL gets 421 -> retried once at once on a
+ * fresh connection; a connection closed at MAIL -> the same; the fresh
+ * connection's 421 greeting is final (no second retry); a 421 to MAIL on a
+ * fresh connection is final too. */
+static void test_session_421_reused_retry(void **state)
+{
+    (void)state;
+#define TXN1 "MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n"
+    static const struct step steps[] = {
+        {"EHLO client.test\r\n", EHLO_PIPE, 1, 0, 0},
+        {TXN1, "250 ok\r\n250 ok\r\n354 go\r\n", 1, 0, 0},
+        {STUFFED, "250 ok 1\r\n", 0, 0, 0},
+        /* send 2: the pooled connection is being closed by the server */
+        {TXN1, "421 4.4.2 idle too long\r\n", 1, 0, 0},
+        {NULL, NULL, 0, 1, 0},
+        {"EHLO client.test\r\n", EHLO_PIPE, 1, 0, 0},
+        {TXN1, "250 ok\r\n250 ok\r\n354 go\r\n", 1, 0, 0},
+        {STUFFED, "250 ok 2\r\n", 0, 0, 0},
+        /* send 3: closed without a word; the fresh one greets with 421 */
+        {TXN1, NULL, 1, 0, 0},
+        {NULL, "421 4.3.2 too busy\r\n", 0, 1, 0},
+        /* send 4: a 421 to MAIL on a fresh connection */
+        {NULL, NULL, 0, 1, 0},
+        {"EHLO client.test\r\n", EHLO_PIPE, 1, 0, 0},
+        {TXN1, "421 4.3.2 shutting down\r\n", 1, 0, 0},
+    };
+    struct script sc;
+    struct fixture f;
+    script_start(&sc, "220 mx.test\r\n", steps, sizeof(steps) / sizeof(steps[0]));
+    fixture_init(&f, sc.port);
+    struct smtp_session *s = smtp_session_new(&f.relay, "client.test", &f.to);
+    const char *addrs[] = {"b@y"};
+    struct smtp_rcpt r[1];
+    struct smtp_txn t;
+    txn_init(&t, r, addrs, 1);
+
+    assert_int_equal(smtp_session_send(s, &t), 0);
+    assert_int_equal(smtp_verdict_of(&r[0]), SMTP_DELIVERED);
+    assert_false(smtp_session_reused(s));
+
+    assert_int_equal(smtp_session_send(s, &t), 0);
+    assert_int_equal(smtp_verdict_of(&r[0]), SMTP_DELIVERED);
+    assert_string_equal(r[0].reply.text, "ok 2");
+    assert_true(smtp_session_retried(s));
+    assert_false(smtp_session_reused(s)); /* it ended on the fresh one */
+    assert_int_equal(smtp_session_transactions(s), 1);
+
+    assert_int_equal(smtp_session_send(s, &t), -1);
+    assert_true(smtp_session_retried(s));
+    assert_int_equal(r[0].reply.code, 421);
+    assert_string_equal(r[0].reply.text, "too busy");
+    assert_int_equal(r[0].stage, SMTP_STAGE_CONNECT);
+    assert_int_equal(smtp_verdict_of(&r[0]), SMTP_DEFER);
+    assert_false(smtp_session_is_open(s));
+
+    assert_int_equal(smtp_session_send(s, &t), -1);
+    assert_false(smtp_session_retried(s));
+    assert_int_equal(r[0].reply.code, 421);
+    assert_int_equal(r[0].stage, SMTP_STAGE_MAIL);
+    assert_int_equal(smtp_verdict_of(&r[0]), SMTP_DEFER);
+    assert_false(smtp_session_relay_fault(s)); /* the relay stays in rotation */
+    smtp_session_free(s);
+    script_finish(&sc);
+    assert_int_equal(sc.connections, 4);
+}
+
+/* golden: 452 4.5.3 / 552 to RCPT put the recipient off to another
+ * transaction on the same connection; 452 4.2.2 (mailbox full) does not;
+ * when the first RCPT of a transaction gets it, the rest is deferred */
+static void test_session_rcpt_limit_pipelined(void **state)
+{
+    (void)state;
+    static const struct step steps[] = {
+        {"EHLO client.test\r\n", EHLO_PIPE, 1, 0, 0},
+        {"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@z>\r\nRCPT TO:<d@w>\r\nRCPT TO:<e@v>\r\n"
+         "RCPT TO:<f@u>\r\nDATA\r\n",
+         "250 ok\r\n250 ok\r\n452 4.5.3 too many recipients\r\n552 too many\r\n452 4.5.3 too many recipients\r\n"
+         "452 4.2.2 mailbox full\r\n354 go\r\n",
+         1, 0, 0},
+        {STUFFED, "250 2.0.0 ok 1\r\n", 0, 0, 0},
+        {"MAIL FROM:<a@x>\r\nRCPT TO:<c@z>\r\nRCPT TO:<d@w>\r\nRCPT TO:<e@v>\r\nDATA\r\n",
+         "250 ok\r\n550 5.1.1 no such user\r\n250 ok\r\n452 4.5.3 too many\r\n354 go\r\n", 1, 0, 0},
+        {STUFFED, "250 2.0.0 ok 2\r\n", 0, 0, 0},
+        {"MAIL FROM:<a@x>\r\nRCPT TO:<e@v>\r\nDATA\r\n",
+         "250 ok\r\n452 4.5.3 still too many\r\n554 5.5.1 no valid recipients\r\n", 1, 0, 0},
+        {"RSET\r\n", "250 ok\r\n", 1, 0, 0},
+    };
+    struct script sc;
+    struct fixture f;
+    script_start(&sc, "220 mx.test\r\n", steps, sizeof(steps) / sizeof(steps[0]));
+    fixture_init(&f, sc.port);
+    struct smtp_session *s = smtp_session_new(&f.relay, "client.test", &f.to);
+    const char *addrs[] = {"b@y", "c@z", "d@w", "e@v", "f@u"};
+    struct smtp_rcpt r[5];
+    struct smtp_txn t;
+    txn_init(&t, r, addrs, 5);
+    assert_int_equal(smtp_session_send(s, &t), 0);
+    assert_int_equal(smtp_verdict_of(&r[0]), SMTP_DELIVERED);
+    assert_string_equal(r[0].reply.text, "ok 1");
+    assert_int_equal(smtp_verdict_of(&r[1]), SMTP_BOUNCE);
+    assert_int_equal(r[1].reply.code, 550);
+    assert_int_equal(smtp_verdict_of(&r[2]), SMTP_DELIVERED); /* the 552 one */
+    assert_string_equal(r[2].reply.text, "ok 2");
+    assert_int_equal(smtp_verdict_of(&r[3]), SMTP_DEFER);
+    assert_int_equal(r[3].reply.code, 452);
+    assert_string_equal(r[3].reply.enhanced, "4.5.3");
+    assert_string_equal(r[3].reply.text, "still too many");
+    assert_int_equal(r[3].stage, SMTP_STAGE_RCPT);
+    assert_int_equal(r[3].local, SMTP_LOCAL_NONE);
+    assert_int_equal(smtp_verdict_of(&r[4]), SMTP_DEFER);
+    assert_string_equal(r[4].reply.enhanced, "4.2.2");
+    assert_int_equal(smtp_session_transactions(s), 3);
+    assert_true(smtp_session_is_open(s));
+    smtp_session_free(s);
+    script_finish(&sc);
+    assert_int_equal(sc.connections, 1);
+}
+
+/* golden, lock-step: after 452 4.5.3 no further RCPT is sent in that
+ * transaction; the rest follow in the next one. With max_msgs=1 the split
+ * message is still finished on its connection, then QUIT. */
+static void test_session_rcpt_limit_lockstep(void **state)
+{
+    (void)state;
+    static const struct step steps[] = {
+        {"EHLO client.test\r\n", "250 mx.test\r\n", 1, 0, 0},
+        {"MAIL FROM:<a@x>\r\n", "250 ok\r\n", 1, 0, 0},
+        {"RCPT TO:<b@y>\r\n", "250 ok\r\n", 1, 0, 0},
+        {"RCPT TO:<c@z>\r\n", "452 4.5.3 too many recipients\r\n", 1, 0, 0},
+        {"DATA\r\n", "354 go\r\n", 1, 0, 0},
+        {STUFFED, "250 ok 1\r\n", 0, 0, 0},
+        {"MAIL FROM:<a@x>\r\n", "250 ok\r\n", 1, 0, 0},
+        {"RCPT TO:<c@z>\r\n", "250 ok\r\n", 1, 0, 0},
+        {"RCPT TO:<d@w>\r\n", "250 ok\r\n", 1, 0, 0},
+        {"DATA\r\n", "354 go\r\n", 1, 0, 0},
+        {STUFFED, "250 ok 2\r\n", 0, 0, 0},
+        {"QUIT\r\n", "221 bye\r\n", 1, 0, 0},
+    };
+    struct script sc;
+    struct fixture f;
+    script_start(&sc, "220 mx.test\r\n", steps, sizeof(steps) / sizeof(steps[0]));
+    fixture_init(&f, sc.port);
+    f.relay.max_msgs = 1;
+    struct smtp_session *s = smtp_session_new(&f.relay, "client.test", &f.to);
+    const char *addrs[] = {"b@y", "c@z", "d@w"};
+    struct smtp_rcpt r[3];
+    struct smtp_txn t;
+    txn_init(&t, r, addrs, 3);
+    assert_int_equal(smtp_session_send(s, &t), 0);
+    assert_string_equal(r[0].reply.text, "ok 1");
+    assert_string_equal(r[1].reply.text, "ok 2");
+    assert_string_equal(r[2].reply.text, "ok 2");
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(smtp_verdict_of(&r[i]), SMTP_DELIVERED);
+    assert_false(smtp_session_is_open(s)); /* max_msgs reached: QUIT sent */
+    smtp_session_free(s);
+    script_finish(&sc);
+}
+
+/* RFC 1870: a message over SIZE n bounces at once with 5.3.4 and is never
+ * sent; SIZE equal to the message, and SIZE 0, let it through */
+static void test_session_size(void **state)
+{
+    (void)state;
+    static const struct step steps[] = {
+        {"EHLO client.test\r\n", "250-mx.test\r\n250-PIPELINING\r\n250 SIZE 28\r\n", 1, 0, 0},
+        {"QUIT\r\n", "221 bye\r\n", 1, 0, 0},
+        {NULL, NULL, 0, 1, 0},
+        {"EHLO client.test\r\n", "250-mx.test\r\n250-PIPELINING\r\n250 SIZE 29\r\n", 1, 0, 0},
+        {"MAIL FROM:<a@x> SIZE=29\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@z>\r\nDATA\r\n",
+         "250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n", 1, 0, 0},
+        {STUFFED, "250 ok\r\n", 0, 0, 0},
+        {"QUIT\r\n", "221 bye\r\n", 1, 0, 0},
+        {NULL, NULL, 0, 1, 0},
+        {"EHLO client.test\r\n", "250-mx.test\r\n250-PIPELINING\r\n250 SIZE 0\r\n", 1, 0, 0},
+        {"MAIL FROM:<a@x> SIZE=29\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@z>\r\nDATA\r\n",
+         "250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n", 1, 0, 0},
+        {STUFFED, "250 ok\r\n", 0, 0, 0},
+    };
+    struct script sc;
+    struct fixture f;
+    script_start(&sc, "220 mx.test\r\n", steps, sizeof(steps) / sizeof(steps[0]));
+    fixture_init(&f, sc.port);
+    struct smtp_session *s = smtp_session_new(&f.relay, "client.test", &f.to);
+    const char *addrs[] = {"b@y", "c@z"};
+    struct smtp_rcpt r[2];
+    struct smtp_txn t;
+    txn_init(&t, r, addrs, 2);
+    assert_int_equal(strlen(BODY), 29);
+    assert_int_equal(smtp_session_send(s, &t), 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(r[i].local, SMTP_LOCAL_SIZE_EXCEEDED);
+        assert_string_equal(smtp_local_reason(r[i].local), "size_exceeded");
+        assert_int_equal(r[i].reply.code, 0);
+        assert_string_equal(r[i].reply.enhanced, "5.3.4");
+        assert_non_null(strstr(r[i].reply.text, "28"));
+        assert_int_equal(r[i].stage, SMTP_STAGE_MAIL);
+        assert_int_equal(smtp_verdict_of(&r[i]), SMTP_BOUNCE);
+    }
+    assert_true(smtp_session_is_open(s));
+    assert_int_equal(smtp_session_transactions(s), 0);
+    smtp_session_quit(s);
+    for (int round = 0; round < 2; round++) {
+        assert_int_equal(smtp_session_send(s, &t), 0);
+        assert_int_equal(smtp_verdict_of(&r[0]), SMTP_DELIVERED);
+        assert_int_equal(smtp_verdict_of(&r[1]), SMTP_DELIVERED);
+        if (round == 0)
+            smtp_session_quit(s);
+    }
+    smtp_session_free(s);
+    script_finish(&sc);
+}
+
+/* RFC 6531: IDN domains go out as A-labels with or without SMTPUTF8; a
+ * non-ASCII local part without SMTPUTF8 bounces with 5.6.7 (the sender's:
+ * every recipient, nothing written); with SMTPUTF8 it goes out as UTF-8
+ * with the SMTPUTF8 parameter; an invalid IDN is refused */
+static void test_session_smtputf8_idn(void **state)
+{
+    (void)state;
+    static const struct step steps[] = {
+        {"EHLO client.test\r\n", EHLO_PIPE, 1, 0, 0},
+        {"MAIL FROM:<a@xn--bcher-kva.example>\r\nRCPT TO:<b@xn--bcher-kva.example>\r\nRCPT TO:<c@z>\r\n"
+         "DATA\r\n",
+         "250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n", 1, 0, 0},
+        {STUFFED, "250 ok\r\n", 0, 0, 0},
+        {"QUIT\r\n", "221 bye\r\n", 1, 0, 0},
+        {NULL, NULL, 0, 1, 0},
+        {"EHLO client.test\r\n", "250-mx.test\r\n250-PIPELINING\r\n250 SMTPUTF8\r\n", 1, 0, 0},
+        {"MAIL FROM:<j\xc3\xb6@x> SMTPUTF8\r\nRCPT TO:<\xc3\xbc@xn--bcher-kva.example>\r\nDATA\r\n",
+         "250 ok\r\n250 ok\r\n354 go\r\n", 1, 0, 0},
+        {STUFFED, "250 ok\r\n", 0, 0, 0},
+    };
+    struct script sc;
+    struct fixture f;
+    script_start(&sc, "220 mx.test\r\n", steps, sizeof(steps) / sizeof(steps[0]));
+    fixture_init(&f, sc.port);
+    struct smtp_session *s = smtp_session_new(&f.relay, "client.test", &f.to);
+    const char *addrs[] = {"j\xc3\xb6@y", "b@b\xc3\xbc" "cher.example", "c@z", "d@\xe2\x98\x83.net"};
+    struct smtp_rcpt r[4];
+    struct smtp_txn t;
+    txn_init(&t, r, addrs, 4);
+    t.mail_from = "a@b\xc3\xbc" "cher.example";
+    assert_int_equal(smtp_session_send(s, &t), 0);
+    assert_int_equal(r[0].local, SMTP_LOCAL_SMTPUTF8_REQUIRED);
+    assert_string_equal(smtp_local_reason(r[0].local), "smtputf8_required");
+    assert_string_equal(r[0].reply.enhanced, "5.6.7");
+    assert_int_equal(r[0].stage, SMTP_STAGE_RCPT);
+    assert_int_equal(smtp_verdict_of(&r[0]), SMTP_BOUNCE);
+    assert_int_equal(smtp_verdict_of(&r[1]), SMTP_DELIVERED);
+    assert_string_equal(r[1].addr, "b@b\xc3\xbc" "cher.example"); /* the caller's, untouched */
+    assert_int_equal(smtp_verdict_of(&r[2]), SMTP_DELIVERED);
+    assert_int_equal(r[3].local, SMTP_LOCAL_BAD_ADDRESS);
+
+    /* a non-ASCII sender: every recipient bounces, nothing is written */
+    txn_init(&t, r, addrs + 1, 2);
+    t.mail_from = "j\xc3\xb6@x";
+    assert_int_equal(smtp_session_send(s, &t), 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(r[i].local, SMTP_LOCAL_SMTPUTF8_REQUIRED);
+        assert_int_equal(r[i].stage, SMTP_STAGE_MAIL);
+        assert_int_equal(smtp_verdict_of(&r[i]), SMTP_BOUNCE);
+    }
+    assert_int_equal(smtp_session_transactions(s), 1);
+    smtp_session_quit(s);
+
+    /* SMTPUTF8 offered */
+    const char *addrs2[] = {"\xc3\xbc@b\xc3\xbc" "cher.example"};
+    txn_init(&t, r, addrs2, 1);
+    t.mail_from = "j\xc3\xb6@x";
+    assert_int_equal(smtp_session_send(s, &t), 0);
+    assert_int_equal(smtp_verdict_of(&r[0]), SMTP_DELIVERED);
+
+    /* an invalid IDN sender refuses the whole transaction up front */
+    t.mail_from = "a@\xe2\x98\x83.net";
+    assert_int_equal(smtp_session_send(s, &t), 0);
+    assert_int_equal(r[0].local, SMTP_LOCAL_BAD_ADDRESS);
+    assert_int_equal(r[0].stage, SMTP_STAGE_MAIL);
+    smtp_session_free(s);
+    script_finish(&sc);
+}
+
+/* 530 5.7.0 to MAIL: deferred, a relay fault with an alert; the next send
+ * starts clean, and a 550 5.7.1 to MAIL is the message's (bounce) */
+static void test_session_mail_auth_required(void **state)
+{
+    (void)state;
+    static const struct step steps[] = {
+        {"EHLO client.test\r\n", EHLO_PIPE, 1, 0, 0},
+        {TXN1, "530 5.7.0 Authentication required\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n", 1, 0, 0},
+        {"RSET\r\n", "250 ok\r\n", 1, 0, 0},
+        {TXN1, "550 5.7.1 sender denied\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n", 1, 0, 0},
+        {"RSET\r\n", "250 ok\r\n", 1, 0, 0},
+    };
+    struct script sc;
+    struct fixture f;
+    script_start(&sc, "220 mx.test\r\n", steps, sizeof(steps) / sizeof(steps[0]));
+    fixture_init(&f, sc.port);
+    struct smtp_session *s = smtp_session_new(&f.relay, "client.test", &f.to);
+    const char *addrs[] = {"b@y"};
+    struct smtp_rcpt r[1];
+    struct smtp_txn t;
+    txn_init(&t, r, addrs, 1);
+    struct capture cap;
+    static char logs[16384];
+    capture_start(&cap);
+    int rc = smtp_session_send(s, &t);
+    capture_end(&cap, logs, sizeof(logs));
+    assert_int_equal(rc, 0);
+    assert_int_equal(r[0].reply.code, 530);
+    assert_int_equal(smtp_verdict_of(&r[0]), SMTP_DEFER);
+    assert_true(smtp_session_relay_fault(s));
+    assert_non_null(strstr(logs, "\"event\":\"relay_config_fault\""));
+    assert_non_null(strstr(logs, "\"enhanced\":\"5.7.0\""));
+
+    assert_int_equal(smtp_session_send(s, &t), 0);
+    assert_int_equal(smtp_verdict_of(&r[0]), SMTP_BOUNCE);
+    assert_false(smtp_session_relay_fault(s));
+    smtp_session_free(s);
+    script_finish(&sc);
+}
+
+/* max_msgs: QUIT after that many transactions; the next send reconnects.
+ * reused tells a pooled connection from a fresh one. */
+static void test_session_max_msgs(void **state)
+{
+    (void)state;
+    static const struct step steps[] = {
+        {"EHLO client.test\r\n", EHLO_PIPE, 1, 0, 0},
+        {TXN1, "250 ok\r\n250 ok\r\n354 go\r\n", 1, 0, 0},
+        {STUFFED, "250 ok\r\n", 0, 0, 0},
+        {TXN1, "250 ok\r\n250 ok\r\n354 go\r\n", 1, 0, 0},
+        {STUFFED, "250 ok\r\n", 0, 0, 0},
+        {"QUIT\r\n", "221 bye\r\n", 1, 0, 0},
+        {NULL, NULL, 0, 1, 0},
+        {"EHLO client.test\r\n", EHLO_PIPE, 1, 0, 0},
+        {TXN1, "250 ok\r\n250 ok\r\n354 go\r\n", 1, 0, 0},
+        {STUFFED, "250 ok\r\n", 0, 0, 0},
+    };
+    struct script sc;
+    struct fixture f;
+    script_start(&sc, "220 mx.test\r\n", steps, sizeof(steps) / sizeof(steps[0]));
+    fixture_init(&f, sc.port);
+    f.relay.max_msgs = 2;
+    struct smtp_session *s = smtp_session_new(&f.relay, "client.test", &f.to);
+    const char *addrs[] = {"b@y"};
+    struct smtp_rcpt r[1];
+    struct smtp_txn t;
+    txn_init(&t, r, addrs, 1);
+    static const int reused[] = {0, 1, 0}, open[] = {1, 0, 1};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(smtp_session_send(s, &t), 0);
+        assert_int_equal(smtp_verdict_of(&r[0]), SMTP_DELIVERED);
+        assert_int_equal(smtp_session_reused(s), reused[i]);
+        assert_int_equal(smtp_session_is_open(s), open[i]);
+    }
+    assert_int_equal(smtp_session_transactions(s), 1);
+    smtp_session_free(s);
+    script_finish(&sc);
+    assert_int_equal(sc.connections, 2);
+#undef TXN1
+}
 
 /* ---- TLS and AUTH ------------------------------------------------------------------------ */
 
@@ -1103,7 +1653,15 @@ static void test_tls_starttls_auth_plain(void **state)
     txn_init(&t, r, addrs, 1);
     assert_int_equal(smtp_session_send(s, &t), 0);
     assert_int_equal(smtp_verdict_of(&r[0]), SMTP_DELIVERED);
+    assert_false(smtp_session_relay_fault(s));
+    /* the delivery event gets the TLS of the connection used */
+    assert_non_null(smtp_session_tls_version(s));
+    assert_true(strncmp(smtp_session_tls_version(s), "TLSv1.", 6) == 0);
+    assert_non_null(smtp_session_tls_cipher(s));
+    assert_true(strlen(smtp_session_tls_cipher(s)) > 4);
     smtp_session_quit(s);
+    /* still there after the close, for the events of the last message */
+    assert_non_null(smtp_session_tls_version(s));
     smtp_session_free(s);
     script_finish(&sc);
     assert_string_equal(sc.sni, "localhost");
@@ -1131,9 +1689,23 @@ static void test_tls_implicit_auth_login(void **state)
     struct smtp_session *s = smtp_session_new(&f.relay, "client.test", &f.to);
     struct smtp_reply why;
     enum smtp_local local;
-    assert_int_equal(smtp_session_open(s, &why, &local), -1);
+    struct capture cap;
+    static char logs[65536];
+    log_set_level(LOG_DEBUG); /* even the debug lines must not show the password */
+    capture_start(&cap);
+    int rc = smtp_session_open(s, &why, &local);
+    capture_end(&cap, logs, sizeof(logs));
+    log_set_level(LOG_WARN);
+    assert_int_equal(rc, -1);
     assert_int_equal(why.code, 535);
     assert_int_equal(local, SMTP_LOCAL_NONE);
+    /* 535: the relay's configuration, with an alert */
+    assert_true(smtp_session_relay_fault(s));
+    assert_non_null(strstr(logs, "\"level\":\"error\",\"event\":\"relay_config_fault\""));
+    assert_non_null(strstr(logs, "\"code\":\"535\""));
+    assert_null(strstr(logs, "p@ss"));
+    assert_null(strstr(logs, "AHVAeABwQHNz")); /* nor its base64 */
+    assert_non_null(strstr(logs, "AUTH PLAIN [redacted]"));
     smtp_session_free(s);
     script_finish(&sc);
 }
@@ -1185,6 +1757,7 @@ static void test_tls_policy(void **state)
     enum smtp_local local;
     assert_int_equal(smtp_session_open(s, &why, &local), -1);
     assert_int_equal(local, SMTP_LOCAL_TLS);
+    assert_true(smtp_session_relay_fault(s));
     smtp_session_free(s);
 
     char user[] = "user", pass[] = "secret";
@@ -1194,6 +1767,7 @@ static void test_tls_policy(void **state)
     s = smtp_session_new(&f.relay, "client.test", &f.to);
     assert_int_equal(smtp_session_open(s, &why, &local), -1);
     assert_int_equal(local, SMTP_LOCAL_TLS);
+    assert_true(smtp_session_relay_fault(s));
     smtp_session_free(s);
     script_finish(&sc);
 }
@@ -1230,6 +1804,7 @@ static void test_tls_verify(void **state)
         struct smtp_session *s = smtp_session_new(&f.relay, "client.test", &f.to);
         assert_int_equal(smtp_session_open(s, &why, &local), -1);
         assert_int_equal(local, SMTP_LOCAL_TLS);
+        assert_true(smtp_session_relay_fault(s));
         assert_false(smtp_session_is_open(s));
         smtp_session_free(s);
         script_finish(&sc);
@@ -1270,6 +1845,15 @@ int main(void)
         cmocka_unit_test(test_session_helo_and_params),
         cmocka_unit_test(test_session_greeting_refused),
         cmocka_unit_test(test_session_connect_failed),
+        cmocka_unit_test(test_addr_wire),
+        cmocka_unit_test(test_timeouts_parse),
+        cmocka_unit_test(test_session_421_reused_retry),
+        cmocka_unit_test(test_session_rcpt_limit_pipelined),
+        cmocka_unit_test(test_session_rcpt_limit_lockstep),
+        cmocka_unit_test(test_session_size),
+        cmocka_unit_test(test_session_smtputf8_idn),
+        cmocka_unit_test(test_session_mail_auth_required),
+        cmocka_unit_test(test_session_max_msgs),
     };
     const struct CMUnitTest tls_tests[] = {
         cmocka_unit_test(test_tls_starttls_auth_plain),
