@@ -41,8 +41,12 @@ struct gw_config {
     struct mime_dkim_keys *dkim; /* MAILGATE_DKIM_KEYS; owned, lives as long as the process */
     int64_t retry_ms[GW_RETRY_STEPS_MAX]; /* MAILGATE_RETRY_SCHEDULE */
     char smtp_timeouts[512];   /* MAILGATE_SMTP_TIMEOUTS */
-    int64_t shutdown_ms;       /* MAILGATE_SHUTDOWN_TIMEOUT: in-flight grace on SIGTERM */
+    int64_t shutdown_ms;
+    int64_t claim_timeout_ms;  /* MAILGATE_CLAIM_TIMEOUT */       /* MAILGATE_SHUTDOWN_TIMEOUT: in-flight grace on SIGTERM */
     int nretry;
+    int webhook_allow_private; /* MAILGATE_WEBHOOK_ALLOW_PRIVATE: lift the SSRF guard (tests, labs) */
+    int64_t webhook_retry_ms[GW_RETRY_STEPS_MAX]; /* MAILGATE_WEBHOOK_RETRY_SCHEDULE */
+    int webhook_nretry;
 };
 
 /* gw_config_load - read and validate every variable. Returns 0, or -1
@@ -129,5 +133,43 @@ void gw_tmpl_render(struct gw_req *req, struct gw_resp *resp, const char *name);
  * template and data. Returns 0, or -1 with resp set (422 naming the field,
  * 413 when the output is too large, 503 when Redis failed). */
 int gw_tmpl_apply(struct gw_req *req, struct gw_resp *resp, json_t *o);
+
+/* ---- webhooks ----------------------------------------------------------
+ * API (gw_webhooks.c): POST, GET /v1/webhooks, DELETE /v1/webhooks/{id},
+ * GET /v1/webhooks/{id}/deliveries. Dispatcher (gw_dispatch.c): drains the
+ * event feed into deliveries and POSTs them, signed, with libcurl. */
+
+#define GW_WEBHOOK_URL_MAX 2048  /* bytes of a webhook URL */
+
+void gw_wh_create(struct gw_req *req, struct gw_resp *resp);
+void gw_wh_list(struct gw_req *req, struct gw_resp *resp);
+void gw_wh_delete(struct gw_req *req, struct gw_resp *resp, const char *id);
+void gw_wh_deliveries(struct gw_req *req, struct gw_resp *resp, const char *id);
+
+struct sockaddr;
+
+/* gw_webhook_addr_public - 1 when sa (AF_INET or AF_INET6) is a public
+ * unicast address; 0 for loopback, private, CGNAT, link-local,
+ * unique-local, unspecified, multicast, reserved (IPv4-mapped IPv6 is
+ * judged by its IPv4 address). The SSRF guard's one rule. */
+int gw_webhook_addr_public(const struct sockaddr *sa);
+
+/* gw_webhook_url_check - url is http(s), at most GW_WEBHOOK_URL_MAX bytes,
+ * without CR/LF or spaces, and (unless allow_private) every address its
+ * host resolves to is public. Returns 0, or -1 with a reason in err. */
+int gw_webhook_url_check(const char *url, int allow_private, char *err, size_t errlen);
+
+/* gw_webhook_sign - the Mailgate-Signature value "t=<t>,v1=<hex>" for body
+ * under secret into out (>= 96 bytes). Returns 0 or -1. */
+int gw_webhook_sign(const char *secret, long long t, const char *body, size_t bodylen, char *out, size_t outlen);
+
+/* gw_dispatch_start - start the webhook dispatcher threads (sender role).
+ * curl_global_init must have run. Returns 0 or -1 (logged). */
+int gw_dispatch_start(const struct gw_config *c);
+
+/* gw_dispatch_stop - stop them, waiting up to deadline_ms for attempts in
+ * flight (which are aborted and released, not counted). 0, or -1 when a
+ * thread did not stop in time. */
+int gw_dispatch_stop(int deadline_ms);
 
 #endif

@@ -16,6 +16,10 @@
 #include "common/util.h"
 #include "smtp/smtp.h"
 
+/* The loaded DKIM keys live as long as the process (copies of the config
+ * share them); kept here too so that they stay reachable to the end. */
+static struct mime_dkim_keys *dkim_keys;
+
 static int bad(const char *var, const char *why)
 {
     fprintf(stderr, "mailgate: %s: %s\n", var, why);
@@ -26,6 +30,22 @@ static const char *env(const char *name, const char *dflt)
 {
     const char *v = getenv(name);
     return v && *v ? v : dflt;
+}
+
+/* duration_ms - util_parse_duration, plus a whole number of
+ * milliseconds ("200ms"), which short test schedules need. 0 or -1. */
+static int duration_ms(const char *s, int64_t *ms)
+{
+    size_t n = strlen(s);
+    if (n > 2 && !strcmp(s + n - 2, "ms")) {
+        char *end;
+        long long v = strtoll(s, &end, 10);
+        if (!isdigit((unsigned char)s[0]) || end != s + n - 2 || v < 0 || v > 86400000LL)
+            return -1;
+        *ms = v;
+        return 0;
+    }
+    return util_parse_duration(s, ms);
 }
 
 /* copy - env var into dst, refusing values that do not fit. */
@@ -106,6 +126,9 @@ int gw_config_load(struct gw_config *c)
         if (smtp_timeouts_parse(c->smtp_timeouts, &t, err, sizeof(err)) < 0)
             return bad("MAILGATE_SMTP_TIMEOUTS", err);
     }
+    if (util_parse_duration(env("MAILGATE_CLAIM_TIMEOUT", "30s"), &c->claim_timeout_ms) < 0 ||
+        c->claim_timeout_ms < 1000 || c->claim_timeout_ms > 3600 * 1000)
+        return bad("MAILGATE_CLAIM_TIMEOUT", "expected a duration from 1s to 1h, such as 30s");
     if (util_parse_duration(env("MAILGATE_SHUTDOWN_TIMEOUT", "30s"), &c->shutdown_ms) < 0 ||
         c->shutdown_ms > 3600 * 1000)
         return bad("MAILGATE_SHUTDOWN_TIMEOUT", "expected a duration up to 1h, such as 30s");
@@ -121,6 +144,8 @@ int gw_config_load(struct gw_config *c)
     c->max_message = (size_t)(mb * mult);
     if (mime_dkim_keys_load(env("MAILGATE_DKIM_KEYS", ""), &c->dkim, err, sizeof(err)) < 0)
         return bad("MAILGATE_DKIM_KEYS", err);
+    mime_dkim_keys_free(dkim_keys);
+    dkim_keys = c->dkim;
     /* Back-off between attempts; the last step repeats until MAX_AGE. */
     char sched[512];
     if (copy(sched, sizeof(sched), "MAILGATE_RETRY_SCHEDULE", "1m,5m,15m,30m,1h"))
@@ -135,6 +160,26 @@ int gw_config_load(struct gw_config *c)
     }
     if (c->nretry == 0)
         return bad("MAILGATE_RETRY_SCHEDULE", "needs at least one step");
+    /* Webhooks: the SSRF guard's switch, and the back-off between
+     * delivery attempts (the last step repeats until 24 h have passed). */
+    const char *ap = env("MAILGATE_WEBHOOK_ALLOW_PRIVATE", "false");
+    if (strcmp(ap, "true") && strcmp(ap, "false"))
+        return bad("MAILGATE_WEBHOOK_ALLOW_PRIVATE", "expected true or false");
+    c->webhook_allow_private = !strcmp(ap, "true");
+    if (copy(sched, sizeof(sched), "MAILGATE_WEBHOOK_RETRY_SCHEDULE", "5s,30s,2m,10m,30m,1h,2h,4h"))
+        return -1;
+    save = NULL;
+    for (char *t = strtok_r(sched, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (c->webhook_nretry == GW_RETRY_STEPS_MAX)
+            return bad("MAILGATE_WEBHOOK_RETRY_SCHEDULE", "at most 16 steps");
+        if (duration_ms(t, &c->webhook_retry_ms[c->webhook_nretry]) < 0 ||
+            c->webhook_retry_ms[c->webhook_nretry] <= 0 || c->webhook_retry_ms[c->webhook_nretry] > 86400000)
+            return bad("MAILGATE_WEBHOOK_RETRY_SCHEDULE",
+                       "expected comma-separated durations up to 24h such as 5s,30s,2m (or 200ms)");
+        c->webhook_nretry++;
+    }
+    if (c->webhook_nretry == 0)
+        return bad("MAILGATE_WEBHOOK_RETRY_SCHEDULE", "needs at least one step");
     return 0;
 }
 

@@ -237,6 +237,26 @@ static void h_tmpl_render(struct gw_req *req, struct gw_resp *resp, const char *
     gw_tmpl_render(req, resp, arg);
 }
 
+static void h_wh_create(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_wh_create(req, resp);
+}
+
+static void h_wh_list(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_wh_list(req, resp);
+}
+
+static void h_wh_delete(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_wh_delete(req, resp, arg);
+}
+
+static void h_wh_deliveries(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_wh_deliveries(req, resp, arg);
+}
+
 static const struct gw_route routes[] = {
     {"GET", "/healthz", NULL, h_healthz, 0},
     {"GET", "/readyz", NULL, h_readyz, 0},
@@ -253,6 +273,10 @@ static const struct gw_route routes[] = {
     {"GET", "/v1/templates/*", "templates", h_tmpl_get, 0},
     {"PUT", "/v1/templates/*", "templates", h_tmpl_put, 0},
     {"DELETE", "/v1/templates/*", "templates", h_tmpl_delete, 0},
+    {"POST", "/v1/webhooks", "webhooks", h_wh_create, 0},
+    {"GET", "/v1/webhooks", "webhooks", h_wh_list, 0},
+    {"GET", "/v1/webhooks/*/deliveries", "webhooks", h_wh_deliveries, 0},
+    {"DELETE", "/v1/webhooks/*", "webhooks", h_wh_delete, 0},
     {NULL, NULL, NULL, NULL, 0},
 };
 

@@ -5,6 +5,7 @@
  * serve runs until SIGINT or SIGTERM, then stops the HTTP listener, lets
  * the senders finish their current transaction, QUITs and exits 0.
  */
+#include <curl/curl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -86,6 +87,12 @@ static int serve(const struct gw_config *c, int argc, char **argv)
 
     if (check_redis(c) < 0)
         return 1;
+    /* libcurl's global state (TLS, resolver) is set up once, before any
+     * thread exists: the webhook dispatcher's threads use it. */
+    if (sender && curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "mailgate: cannot initialise libcurl\n");
+        return 1;
+    }
     struct gw_config http = *c;
     if (!api) /* sender: health and metrics only, when asked for */
         snprintf(http.listen, sizeof(http.listen), "%s", c->admin_listen);
@@ -96,8 +103,14 @@ static int serve(const struct gw_config *c, int argc, char **argv)
             .redis_url = c->redis_url, .relays = c->relays, .helo = c->helo,
             .retry_ms = c->retry_ms, .nretry = c->nretry, .max_age_ms = c->max_age_ms,
             .timeouts = c->smtp_timeouts,
+            .claim_timeout_ms = c->claim_timeout_ms,
         };
         if (smtp_deliver_start(&dc) < 0) {
+            gw_http_stop();
+            return 1;
+        }
+        if (gw_dispatch_start(c) < 0) {
+            smtp_deliver_stop((int)c->shutdown_ms);
             gw_http_stop();
             return 1;
         }
@@ -109,8 +122,10 @@ static int serve(const struct gw_config *c, int argc, char **argv)
     /* Refuse new sends at once, let the senders finish what is in flight
      * (up to the deadline), then close the listener. */
     gw_http_drain();
-    if (sender)
+    if (sender) {
         smtp_deliver_stop((int)c->shutdown_ms);
+        gw_dispatch_stop((int)c->shutdown_ms);
+    }
     gw_http_stop();
     log_kv(LOG_INFO, "stopped", NULL);
     return 0;

@@ -13,16 +13,29 @@
  *   mg:msg:{id}:events         list  event JSON, oldest first
  *   mg:tenant:{t}:messages     zset  message ids by created_at ms
  *   mg:events:{t}              stream one entry per event, field "e" = event JSON
- *   mg:jobs                    stream delivery jobs: m (message id), r (JSON array of
- *                                     recipients to try), a (attempt number, from 1)
+ *   mg:jobs:{t}                stream the tenant's delivery jobs: m (message id), r (JSON
+ *                                     array of recipients to try), a (attempt, from 1).
+ *                                     One stream per tenant, read round-robin, so one
+ *                                     tenant's burst cannot hold up another's mail
+ *   mg:jobtenants              set   tenants that have a job stream
+ *   mg:claims                  hash  "{t} {entry id}" -> times the entry was reclaimed
+ *   mg:dead                    stream jobs reclaimed too often (poison): t, m, r, a
  *   mg:tmpl:{t}:{name}         hash  a stored template (see queue_tmpl.c below)
  *   mg:tmpl:{t}                zset  the tenant's template names
- *   mg:delayed                 zset  job JSON by due time (ms); moved back to mg:jobs by
+ *   mg:delayed                 zset  job JSON ({t,m,r,a}) by due time (ms); moved back to
+ *                                     the tenant's stream by
  *                                     a Lua script, so several schedulers never double-fire
+ *   mg:feed                    stream every event as it is recorded: t (tenant), e (event
+ *                                     JSON); drained by the webhook dispatcher's group
  *   mg:open                    zset  ids of messages with a recipient not yet terminal,
  *                                     by created_at ms (the oldest is the queue's age)
- * The consumer group on mg:jobs is "senders". A job leaves the stream by
- * XACK + XDEL in the same MULTI that records its outcome.
+ * The consumer group on every job stream is "senders". A job leaves its
+ * stream by XACK + XDEL in the same MULTI that records its outcome, never by
+ * trimming (Redis 7.0's XAUTOCLAIM drops trimmed pending entries silently).
+ * A sender keeps its in-flight entries fresh with XCLAIM ... JUSTID; an
+ * entry idle longer than the claim timeout belonged to a dead sender and
+ * is taken over with XAUTOCLAIM. At-least-once: a duplicate is possible only
+ * for a transaction cut off after the final "." and before its reply.
  *
  * Ownership: a struct queue is one Redis connection, used by one thread at
  * a time. Strings and json_t returned to the caller are the caller's.
@@ -41,9 +54,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define QUEUE_STREAM "mg:jobs"
+#define QUEUE_STREAM_PREFIX "mg:jobs:" /* + tenant */
+#define QUEUE_TENANTS "mg:jobtenants"
+#define QUEUE_CLAIMS "mg:claims"
+#define QUEUE_DEAD "mg:dead"
 #define QUEUE_GROUP "senders"
+#define QUEUE_READ_STREAMS_MAX 64   /* tenant streams named in one XREADGROUP */
+#define QUEUE_MAX_CLAIMS 3          /* reclaims before a job is dead-lettered */
 #define QUEUE_DELAYED "mg:delayed"
+#define QUEUE_FEED "mg:feed"    /* stream: every event of every tenant (t, e), for webhooks */
 #define QUEUE_OPEN "mg:open"    /* zset: messages with a non-terminal recipient, by created_at ms */
 #define QUEUE_KEY_MAX 128      /* bytes of an API key we accept */
 #define QUEUE_TENANT_MAX 64    /* bytes of a tenant name */
@@ -168,20 +187,44 @@ const char *queue_message_status(const char *const *rcpt_status, size_t n);
 /* ---- jobs (queue_jobs.c) ---------------------------------------------- */
 
 struct queue_job {
+    char tenant[QUEUE_TENANT_MAX + 1]; /* whose stream the entry is in */
     char entry_id[48];       /* stream entry id */
     char msg_id[64];
     json_t *rcpts;           /* array of recipient emails to try; owned */
     int attempt;             /* 1 for the first try */
-    unsigned deliveries;     /* times the entry was delivered to a consumer */
+    int reclaims;            /* times the entry was taken over from a dead sender */
 };
 
-/* queue_group_ensure - create the consumer group (and stream) if missing. */
-int queue_group_ensure(struct queue *q);
+/* queue_jobs_read - read up to max jobs for consumer, at most one per
+ * tenant stream per call (round-robin over the tenants' streams, starting
+ * at a rotating offset), blocking up to block_ms when there are none. The
+ * jobs are pending for consumer until finished. Returns the number read
+ * (0 when none arrived), or -1 on error. */
+int queue_jobs_read(struct queue *q, const char *consumer, int block_ms, struct queue_job *out, int max);
 
-/* queue_job_read - read one job for consumer: first this consumer's own
- * pending entries (after a restart), then new ones, blocking up to
- * block_ms. Returns 0 with *job, 1 when none arrived, -1 on error. */
-int queue_job_read(struct queue *q, const char *consumer, int block_ms, struct queue_job *job);
+/* An entry a sender is working on, as its keeper thread knows it. */
+struct queue_inflight {
+    char tenant[QUEUE_TENANT_MAX + 1];
+    char entry_id[48];
+    char consumer[128];
+};
+
+/* queue_jobs_touch - reset the idle time of in-flight entries (XCLAIM ...
+ * JUSTID to their own consumer), so no other sender takes them over while
+ * a transaction waits up to 10 minutes for its reply. One round trip.
+ * Returns 0 or -1. */
+int queue_jobs_touch(struct queue *q, const struct queue_inflight *v, int n);
+
+/* queue_jobs_reclaim - take over up to max entries idle longer than
+ * min_idle_ms in any tenant stream (their sender died), for consumer.
+ * Each job's reclaims count is incremented and returned. Returns the
+ * number of jobs in out, or -1. */
+int queue_jobs_reclaim(struct queue *q, const char *consumer, int64_t min_idle_ms, struct queue_job *out, int max);
+
+/* queue_job_dead_letter - copy a poison job to mg:dead (for inspection and
+ * /metrics); the caller records its recipients' outcomes with
+ * queue_job_finish, which removes it from its stream. Returns 0 or -1. */
+int queue_job_dead_letter(struct queue *q, const struct queue_job *job, const char *reason);
 
 /* queue_job_free - release job->rcpts; safe twice. */
 void queue_job_free(struct queue_job *job);
@@ -312,7 +355,8 @@ int queue_tmpl_list(struct queue *q, const char *tenant, json_t **out);
 /* ---- queue statistics (queue_stats.c) ---------------------------------- */
 
 struct queue_stats {
-    long long stream_len;      /* jobs waiting in mg:jobs (incl. pending) */
+    long long stream_len;      /* jobs in the tenants' job streams (incl. pending) */
+    long long dead;            /* jobs in the dead-letter stream */
     long long pending;         /* jobs read by a sender, not yet acknowledged */
     long long delayed;         /* retries and scheduled sends waiting for their time */
     long long open_messages;   /* messages with a non-terminal recipient */
@@ -321,5 +365,105 @@ struct queue_stats {
 
 /* queue_stats_get - one pipelined round trip. Returns 0 or -1. */
 int queue_stats_get(struct queue *q, struct queue_stats *st);
+
+/* ---- webhooks (queue_webhooks.c) --------------------------------------
+ * mg:wh:{t} hash: webhook id -> {"id","url","events","created_at","secret"};
+ * mg:wh:{t}:{w}:log list: the last QUEUE_WH_LOG_MAX attempts, newest first;
+ * mg:whd:{w}:{e} hash: one delivery (tenant, webhook, event id and type,
+ * the exact body bytes, attempts made, creation ms, claim token);
+ * mg:wh:due zset: delivery ids "{w}:{e}" by due ms. The consumer group
+ * "dispatchers" drains mg:feed; a feed entry is acknowledged and deleted
+ * by the same Lua script that creates its deliveries. */
+
+#define QUEUE_FEED_GROUP "dispatchers"
+#define QUEUE_WH_DUE "mg:wh:due"
+#define QUEUE_WH_MAX 20        /* webhooks per tenant */
+#define QUEUE_WH_LOG_MAX 100   /* attempts kept per webhook */
+
+/* queue_wh_id_ok - 1 when id looks like "wh_" + lower-case hex (≤ 64). */
+int queue_wh_id_ok(const char *id);
+
+/* queue_wh_create - store hook (borrowed; must have "id") for tenant.
+ * Returns 0, 2 when the tenant already has max webhooks, -1 on error. */
+int queue_wh_create(struct queue *q, const char *tenant, const json_t *hook, size_t max);
+
+/* queue_wh_list - *out (caller frees) = {"data": [...]} oldest first,
+ * without the secrets. 0 or -1. */
+int queue_wh_list(struct queue *q, const char *tenant, json_t **out);
+
+/* queue_wh_delete - remove a webhook and its attempt log; its pending
+ * deliveries are dropped when next claimed. 0, 1 when unknown, -1. */
+int queue_wh_delete(struct queue *q, const char *tenant, const char *id);
+
+/* queue_wh_deliveries - *out (caller frees) = {"data": [attempts newest
+ * first]}. 0, 1 when the webhook is unknown (or another tenant's), -1. */
+int queue_wh_deliveries(struct queue *q, const char *tenant, const char *id, json_t **out);
+
+/* One entry of mg:feed. event is owned (NULL when the entry was empty). */
+struct queue_feed_entry {
+    char entry_id[48];
+    char tenant[QUEUE_TENANT_MAX + 1];
+    char *event;
+    size_t eventlen;
+};
+
+/* queue_feed_group_ensure - create the group (and the stream) if missing. */
+int queue_feed_group_ensure(struct queue *q);
+
+/* queue_feed_read - up to max entries for consumer into v (*n of them):
+ * first its own pending entries (after a restart or a lost connection),
+ * then new ones, blocking up to block_ms. 0 (also when none) or -1. */
+int queue_feed_read(struct queue *q, const char *consumer, int block_ms, struct queue_feed_entry *v, int max,
+                    int *n);
+
+/* queue_feed_autoclaim - take over up to max entries other consumers (a
+ * dead process) left pending for at least min_idle_ms. 0 or -1. */
+int queue_feed_autoclaim(struct queue *q, const char *consumer, int64_t min_idle_ms, struct queue_feed_entry *v,
+                         int max, int *n);
+
+/* queue_feed_fanout - for each entry, atomically: make one delivery per
+ * webhook of its tenant whose events include the event's type (due now),
+ * then XACK + XDEL the entry. One round trip. *made (may be NULL) gets the
+ * deliveries made. 0, or -1 when any entry was not processed (it stays
+ * pending). */
+int queue_feed_fanout(struct queue *q, const struct queue_feed_entry *v, int n, int64_t now_ms, int *made);
+
+/* queue_feed_entries_free - release the events of n entries. */
+void queue_feed_entries_free(struct queue_feed_entry *v, int n);
+
+/* One claimed delivery attempt. body, url and secret are owned. */
+struct queue_wh_attempt {
+    char id[140];            /* "{w}:{e}" */
+    char token[32];          /* this claim */
+    char tenant[QUEUE_TENANT_MAX + 1];
+    char webhook_id[68];
+    char event_id[68];
+    char event_type[32];
+    char *body;              /* the event JSON exactly as recorded */
+    size_t bodylen;
+    int attempt;             /* number of this attempt, from 1 */
+    int64_t first_ms;        /* when the delivery was created */
+    char *url, *secret;      /* of the webhook; secret never logged */
+};
+
+/* queue_wh_claim - claim one delivery due by now_ms for lease_ms (it comes
+ * due again after that unless finished). Returns 0 with *a (free with
+ * queue_wh_attempt_free), 1 when none is due, -1 on error. */
+int queue_wh_claim(struct queue *q, int64_t now_ms, int64_t lease_ms, struct queue_wh_attempt *a);
+
+enum queue_wh_outcome {
+    QUEUE_WH_DONE,    /* delivered, or given up: the delivery is removed */
+    QUEUE_WH_RETRY,   /* failed: due again at next_due_ms, attempt counted */
+    QUEUE_WH_RELEASE, /* not attempted (shutdown): due again, not counted */
+};
+
+/* queue_wh_finish - record the outcome of a claimed attempt and append
+ * log_entry (may be NULL) to the webhook's attempt log. Returns 0, 1 when
+ * the claim was lost (lease expired and taken; nothing written), -1. */
+int queue_wh_finish(struct queue *q, const struct queue_wh_attempt *a, enum queue_wh_outcome how,
+                    int64_t next_due_ms, const json_t *log_entry);
+
+/* queue_wh_attempt_free - release a's strings (wiping the secret). */
+void queue_wh_attempt_free(struct queue_wh_attempt *a);
 
 #endif

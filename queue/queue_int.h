@@ -18,7 +18,11 @@ struct queue {
     int db;
     redisContext *c;
     int timeout_ms;   /* current socket timeout */
-    int pending_checked; /* queue_job_read has drained this consumer's old pending entries */
+    int pending_checked; /* queue_jobs_read has re-read this consumer's pending entries */
+    char **tenants;      /* cached members of mg:jobtenants (groups ensured) */
+    int ntenants;
+    int64_t tenants_at;  /* mono ms of the last refresh */
+    unsigned rr;         /* round-robin offset into tenants */
 };
 
 /* q_ctx - the live connection, (re)connecting when needed; NULL when Redis

@@ -19,27 +19,35 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/log.h"
 #include "common/util.h"
 
+/* Moves due jobs to their tenant's stream. Job JSON: {t, m, r, a}. The
+ * stream names are built here from t, so the script touches keys it was
+ * not given: fine on a single Redis (Cluster is not supported). */
 static const char *schedule_lua =
     "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))\n"
     "for _, j in ipairs(due) do\n"
     "  local ok, job = pcall(cjson.decode, j)\n"
-    "  if ok and type(job) == 'table' and job.m and job.r then\n"
-    "    redis.call('XADD', KEYS[2], '*', 'm', job.m, 'r', cjson.encode(job.r), 'a', tostring(job.a or 1))\n"
+    "  if ok and type(job) == 'table' and job.t and job.m and job.r then\n"
+    "    redis.call('XADD', ARGV[3] .. job.t, '*', 'm', job.m, 'r', cjson.encode(job.r), 'a', tostring(job.a or 1))\n"
+    "    redis.call('SADD', KEYS[2], job.t)\n"
     "  end\n"
     "  redis.call('ZREM', KEYS[1], j)\n"
     "end\n"
     "return #due\n";
 
-int queue_group_ensure(struct queue *q)
+#define TENANTS_REFRESH_MS 1000
+
+/* group_ensure - create the consumer group on a tenant's stream. */
+static int group_ensure(struct queue *q, const char *tenant)
 {
     redisContext *c = q_ctx(q);
     if (!c)
         return -1;
-    redisReply *r = redisCommand(c, "XGROUP CREATE " QUEUE_STREAM " " QUEUE_GROUP " 0 MKSTREAM");
+    redisReply *r = redisCommand(c, "XGROUP CREATE " QUEUE_STREAM_PREFIX "%s " QUEUE_GROUP " 0 MKSTREAM", tenant);
     if (!r) {
         q_drop(q);
         return -1;
@@ -49,18 +57,50 @@ int queue_group_ensure(struct queue *q)
     return ok ? 0 : -1;
 }
 
+/* tenants_refresh - re-read mg:jobtenants (at most once a second) and make
+ * sure each stream has its group. */
+static int tenants_refresh(struct queue *q, int force)
+{
+    int64_t now = util_mono_ms();
+    if (!force && q->tenants && now - q->tenants_at < TENANTS_REFRESH_MS)
+        return 0;
+    redisReply *r = q_cmd(q, "SMEMBERS " QUEUE_TENANTS);
+    if (!r)
+        return -1;
+    char **v = calloc(r->elements ? r->elements : 1, sizeof(*v));
+    int n = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        const char *t = r->element[i]->str;
+        int known = 0;
+        for (int k = 0; k < q->ntenants && !known; k++)
+            known = !strcmp(q->tenants[k], t);
+        if (!known && group_ensure(q, t) < 0)
+            continue;
+        v[n++] = strdup(t);
+    }
+    freeReplyObject(r);
+    for (int k = 0; k < q->ntenants; k++)
+        free(q->tenants[k]);
+    free(q->tenants);
+    q->tenants = v;
+    q->ntenants = n;
+    q->tenants_at = now;
+    return 0;
+}
+
 void queue_job_free(struct queue_job *job)
 {
     json_decref(job->rcpts);
     job->rcpts = NULL;
 }
 
-/* job_parse - fill job from one stream entry [id, [f, v, ...]].
- * Returns 0, or -1 when the entry is empty or malformed. */
-static int job_parse(redisReply *ent, struct queue_job *job)
+/* job_parse - fill job from one stream entry [id, [f, v, ...]] of tenant's
+ * stream. Returns 0, or -1 when the entry is empty or malformed. */
+static int job_parse(redisReply *ent, const char *tenant, struct queue_job *job)
 {
     memset(job, 0, sizeof(*job));
-    if (ent->type != REDIS_REPLY_ARRAY || ent->elements < 2)
+    util_strlcpy(job->tenant, tenant, sizeof(job->tenant));
+    if (ent->type != REDIS_REPLY_ARRAY || ent->elements < 2 || !ent->element[0]->str)
         return -1;
     util_strlcpy(job->entry_id, ent->element[0]->str, sizeof(job->entry_id));
     redisReply *f = ent->element[1];
@@ -82,59 +122,171 @@ static int job_parse(redisReply *ent, struct queue_job *job)
 }
 
 /* job_ack - acknowledge and delete an entry we cannot use. */
-static void job_ack(struct queue *q, const char *entry_id)
+static void job_ack(struct queue *q, const char *tenant, const char *entry_id)
 {
     struct q_pipe p;
     q_pipe_begin(&p, q);
-    q_pipe_cmd(&p, "XACK " QUEUE_STREAM " " QUEUE_GROUP " %s", entry_id);
-    q_pipe_cmd(&p, "XDEL " QUEUE_STREAM " %s", entry_id);
+    q_pipe_cmd(&p, "XACK " QUEUE_STREAM_PREFIX "%s " QUEUE_GROUP " %s", tenant, entry_id);
+    q_pipe_cmd(&p, "XDEL " QUEUE_STREAM_PREFIX "%s %s", tenant, entry_id);
     q_replies_free(q_pipe_end(&p), p.n);
 }
 
-int queue_job_read(struct queue *q, const char *consumer, int block_ms, struct queue_job *job)
+/* collect - turn an XREADGROUP reply [[stream, [entries]], ...] into jobs. */
+static int collect(struct queue *q, redisReply *r, struct queue_job *out, int max)
 {
-    for (;;) {
-        redisReply *r;
-        int pending = !q->pending_checked;
-        if (pending) {
-            r = q_cmd(q, "XREADGROUP GROUP " QUEUE_GROUP " %s COUNT 1 STREAMS " QUEUE_STREAM " 0", consumer);
-        } else {
-            if (!q_ctx(q))
-                return -1;
-            q_set_timeout_ms(q, block_ms + 5000);
-            r = q_cmd(q, "XREADGROUP GROUP " QUEUE_GROUP " %s COUNT 1 BLOCK %d STREAMS " QUEUE_STREAM " >",
-                      consumer, block_ms);
-            if (q->c)
-                q_set_timeout_ms(q, 5000);
-        }
-        if (!r) {
-            /* NOGROUP after a FLUSHALL or a fresh server: make it again. */
-            queue_group_ensure(q);
-            return -1;
-        }
-        redisReply *ent = NULL;
-        if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->elements == 2 &&
-            r->element[0]->element[1]->type == REDIS_REPLY_ARRAY && r->element[0]->element[1]->elements > 0)
-            ent = r->element[0]->element[1]->element[0];
-        if (!ent) {
-            freeReplyObject(r);
-            if (pending) {
-                q->pending_checked = 1;
+    int n = 0;
+    size_t plen = strlen(QUEUE_STREAM_PREFIX);
+    for (size_t s = 0; r->type == REDIS_REPLY_ARRAY && s < r->elements; s++) {
+        redisReply *st = r->element[s];
+        if (st->type != REDIS_REPLY_ARRAY || st->elements != 2 || !st->element[0]->str ||
+            strncmp(st->element[0]->str, QUEUE_STREAM_PREFIX, plen) != 0)
+            continue;
+        const char *tenant = st->element[0]->str + plen;
+        for (size_t e = 0; e < st->element[1]->elements; e++) {
+            struct queue_job job;
+            if (job_parse(st->element[1]->element[e], tenant, &job) < 0) {
+                log_kv(LOG_WARN, "job_malformed", "tenant", tenant, "entry", job.entry_id, NULL);
+                if (job.entry_id[0])
+                    job_ack(q, tenant, job.entry_id);
+                queue_job_free(&job);
                 continue;
             }
-            return 1;
+            if (n < max)
+                out[n++] = job;
+            else
+                queue_job_free(&job); /* cannot happen: COUNT bounds it */
         }
-        int bad = job_parse(ent, job);
-        freeReplyObject(r);
-        if (bad) {
-            log_kv(LOG_WARN, "job_malformed", "entry", job->entry_id, NULL);
-            if (job->entry_id[0])
-                job_ack(q, job->entry_id);
-            queue_job_free(job);
-            continue;
-        }
+    }
+    return n;
+}
+
+int queue_jobs_read(struct queue *q, const char *consumer, int block_ms, struct queue_job *out, int max)
+{
+    if (tenants_refresh(q, 0) < 0)
+        return -1;
+    if (q->ntenants == 0) {
+        /* nothing to block on yet: wait a little, like an empty BLOCK */
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
         return 0;
     }
+    int ns = q->ntenants < QUEUE_READ_STREAMS_MAX ? q->ntenants : QUEUE_READ_STREAMS_MAX;
+    if (ns > max)
+        ns = max;
+    /* One tenant alone may hand over a few jobs per round trip; with
+     * several, one each, so every tenant gets its turn. */
+    int count = ns == 1 ? (max < 4 ? max : 4) : 1;
+    int pending = !q->pending_checked;
+    const char **argv = calloc((size_t)(10 + 2 * ns), sizeof(*argv));
+    char **names = calloc((size_t)ns, sizeof(*names));
+    char cnt[16], blk[16];
+    snprintf(cnt, sizeof(cnt), "%d", count);
+    snprintf(blk, sizeof(blk), "%d", block_ms);
+    int argc = 0;
+    argv[argc++] = "XREADGROUP";
+    argv[argc++] = "GROUP";
+    argv[argc++] = QUEUE_GROUP;
+    argv[argc++] = consumer;
+    argv[argc++] = "COUNT";
+    argv[argc++] = cnt;
+    if (!pending) {
+        argv[argc++] = "BLOCK";
+        argv[argc++] = blk;
+    }
+    argv[argc++] = "STREAMS";
+    unsigned start = q->rr++;
+    for (int i = 0; i < ns; i++) {
+        const char *t = q->tenants[(start + (unsigned)i) % (unsigned)q->ntenants];
+        names[i] = malloc(strlen(QUEUE_STREAM_PREFIX) + strlen(t) + 1);
+        strcpy(names[i], QUEUE_STREAM_PREFIX);
+        strcat(names[i], t);
+        argv[argc++] = names[i];
+    }
+    for (int i = 0; i < ns; i++)
+        argv[argc++] = pending ? "0" : ">";
+    if (q_ctx(q))
+        q_set_timeout_ms(q, block_ms + 5000);
+    redisReply *r = q_cmdv(q, argc, argv, NULL);
+    if (q->c)
+        q_set_timeout_ms(q, 5000);
+    for (int i = 0; i < ns; i++)
+        free(names[i]);
+    free(names);
+    free(argv);
+    if (!r) {
+        /* NOGROUP after a FLUSHALL, say: forget what we knew. */
+        tenants_refresh(q, 1);
+        return -1;
+    }
+    int n = collect(q, r, out, max);
+    freeReplyObject(r);
+    if (pending && n == 0)
+        q->pending_checked = 1;
+    return n;
+}
+
+int queue_jobs_touch(struct queue *q, const struct queue_inflight *v, int n)
+{
+    if (n <= 0)
+        return 0;
+    struct q_pipe p;
+    q_pipe_begin(&p, q);
+    for (int i = 0; i < n; i++)
+        q_pipe_cmd(&p, "XCLAIM " QUEUE_STREAM_PREFIX "%s " QUEUE_GROUP " %s 0 %s JUSTID", v[i].tenant,
+                   v[i].consumer, v[i].entry_id);
+    redisReply **r = q_pipe_end(&p);
+    if (!r)
+        return -1;
+    q_replies_free(r, p.n);
+    return 0;
+}
+
+int queue_jobs_reclaim(struct queue *q, const char *consumer, int64_t min_idle_ms, struct queue_job *out, int max)
+{
+    if (tenants_refresh(q, 0) < 0)
+        return -1;
+    int n = 0;
+    for (int i = 0; i < q->ntenants && n < max; i++) {
+        const char *t = q->tenants[i];
+        redisReply *r = q_cmd(q, "XAUTOCLAIM " QUEUE_STREAM_PREFIX "%s " QUEUE_GROUP " %s %lld 0-0 COUNT %d",
+                              t, consumer, (long long)min_idle_ms, max - n);
+        if (!r)
+            return n ? n : -1;
+        if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && r->element[1]->type == REDIS_REPLY_ARRAY) {
+            redisReply *ents = r->element[1];
+            for (size_t e = 0; e < ents->elements && n < max; e++) {
+                struct queue_job job;
+                if (job_parse(ents->element[e], t, &job) < 0) {
+                    if (job.entry_id[0])
+                        job_ack(q, t, job.entry_id);
+                    queue_job_free(&job);
+                    continue;
+                }
+                char field[160];
+                snprintf(field, sizeof(field), "%s %s", t, job.entry_id);
+                redisReply *c = q_cmd(q, "HINCRBY " QUEUE_CLAIMS " %s 1", field);
+                job.reclaims = c && c->type == REDIS_REPLY_INTEGER ? (int)c->integer : 1;
+                if (c)
+                    freeReplyObject(c);
+                log_kv(LOG_WARN, "job_reclaimed", "tenant", t, "message_id", job.msg_id, "entry", job.entry_id, NULL);
+                out[n++] = job;
+            }
+        }
+        freeReplyObject(r);
+    }
+    return n;
+}
+
+int queue_job_dead_letter(struct queue *q, const struct queue_job *job, const char *reason)
+{
+    char *rs = json_dumps(job->rcpts, JSON_COMPACT);
+    redisReply *r = q_cmd(q, "XADD " QUEUE_DEAD " * t %s m %s r %s a %d reason %s", job->tenant, job->msg_id,
+                          rs ? rs : "[]", job->attempt, reason);
+    free(rs);
+    if (!r)
+        return -1;
+    freeReplyObject(r);
+    return 0;
 }
 
 int queue_delivery_load(struct queue *q, const struct queue_job *job, struct queue_delivery *d)
@@ -218,6 +370,7 @@ int queue_job_finish(struct queue *q, const struct queue_job *job, const struct 
             char *ev_s = json_dumps(o[i].event, JSON_COMPACT);
             q_pipe_cmd(&p, "RPUSH mg:msg:%s:events %s", job->msg_id, ev_s);
             q_pipe_cmd(&p, "XADD mg:events:%s * e %s", d->tenant, ev_s);
+            q_pipe_cmd(&p, "XADD " QUEUE_FEED " * t %s e %s", d->tenant, ev_s);
             free(ev_s);
         }
         if (!strcmp(status, "deferred"))
@@ -237,8 +390,8 @@ int queue_job_finish(struct queue *q, const struct queue_job *job, const struct 
         }
     }
     if (json_array_size(deferred)) {
-        json_t *nj = json_pack("{s:s, s:O, s:i, s:s}", "m", job->msg_id, "r", deferred, "a",
-                               job->attempt + 1, "from", job->entry_id);
+        json_t *nj = json_pack("{s:s, s:s, s:O, s:i, s:s}", "t", job->tenant, "m", job->msg_id, "r", deferred,
+                               "a", job->attempt + 1, "from", job->entry_id);
         char *nj_s = json_dumps(nj, JSON_COMPACT);
         q_pipe_cmd(&p, "ZADD " QUEUE_DELAYED " %lld %s", (long long)retry_due_ms, nj_s);
         free(nj_s);
@@ -256,8 +409,12 @@ int queue_job_finish(struct queue *q, const struct queue_job *job, const struct 
         q_pipe_cmd(&p, "DEL mg:msg:%s:body", job->msg_id);
         q_pipe_cmd(&p, "ZREM " QUEUE_OPEN " %s", job->msg_id);
     }
-    q_pipe_cmd(&p, "XACK " QUEUE_STREAM " " QUEUE_GROUP " %s", job->entry_id);
-    q_pipe_cmd(&p, "XDEL " QUEUE_STREAM " %s", job->entry_id);
+    q_pipe_cmd(&p, "XACK " QUEUE_STREAM_PREFIX "%s " QUEUE_GROUP " %s", job->tenant, job->entry_id);
+    q_pipe_cmd(&p, "XDEL " QUEUE_STREAM_PREFIX "%s %s", job->tenant, job->entry_id);
+    char claim_field[160];
+    snprintf(claim_field, sizeof(claim_field), "%s %s", job->tenant, job->entry_id);
+    if (job->reclaims)
+        q_pipe_cmd(&p, "HDEL " QUEUE_CLAIMS " %s", claim_field);
     q_pipe_cmd(&p, "EXEC");
     redisReply **r = q_pipe_end(&p);
     int ok = r && r[p.n - 1]->type == REDIS_REPLY_ARRAY;
@@ -273,8 +430,8 @@ int queue_job_finish(struct queue *q, const struct queue_job *job, const struct 
 
 int queue_schedule_due(struct queue *q, int64_t now_ms, int max)
 {
-    redisReply *r = q_cmd(q, "EVAL %s 2 " QUEUE_DELAYED " " QUEUE_STREAM " %lld %d", schedule_lua,
-                          (long long)now_ms, max);
+    redisReply *r = q_cmd(q, "EVAL %s 2 " QUEUE_DELAYED " " QUEUE_TENANTS " %lld %d " QUEUE_STREAM_PREFIX,
+                          schedule_lua, (long long)now_ms, max);
     if (!r)
         return -1;
     int n = r->type == REDIS_REPLY_INTEGER ? (int)r->integer : 0;

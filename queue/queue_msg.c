@@ -86,8 +86,8 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
             json_array_append_new(job_rcpts, json_string(m->rcpts[i].email));
     }
     char *rcpts_s = json_dumps(rcpts, JSON_COMPACT);
-    char *tags_s = json_dumps(m->tags ? m->tags : json_array(), JSON_COMPACT | JSON_ENCODE_ANY);
-    char *meta_s = json_dumps(m->metadata ? m->metadata : json_object(), JSON_COMPACT);
+    char *tags_s = m->tags ? json_dumps(m->tags, JSON_COMPACT) : strdup("[]");
+    char *meta_s = m->metadata ? json_dumps(m->metadata, JSON_COMPACT) : strdup("{}");
     char *job_r = json_dumps(job_rcpts, JSON_COMPACT);
 
     struct q_pipe p;
@@ -111,6 +111,7 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
         char *ev_s = json_dumps(ev, JSON_COMPACT);
         q_pipe_cmd(&p, "RPUSH mg:msg:%s:events %s", m->id, ev_s);
         q_pipe_cmd(&p, "XADD mg:events:%s * e %s", m->tenant, ev_s);
+        q_pipe_cmd(&p, "XADD " QUEUE_FEED " * t %s e %s", m->tenant, ev_s);
         free(ev_s);
         json_decref(ev);
     }
@@ -123,13 +124,14 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
         q_pipe_cmd(&p, "ZADD " QUEUE_OPEN " %lld %s", (long long)m->created_ms, m->id);
     if (json_array_size(job_rcpts)) {
         if (m->due_ms > 0) {
-            json_t *job = json_pack("{s:s, s:O, s:i}", "m", m->id, "r", job_rcpts, "a", 1);
+            json_t *job = json_pack("{s:s, s:s, s:O, s:i}", "t", m->tenant, "m", m->id, "r", job_rcpts, "a", 1);
             char *job_s = json_dumps(job, JSON_COMPACT);
             q_pipe_cmd(&p, "ZADD " QUEUE_DELAYED " %lld %s", (long long)m->due_ms, job_s);
             free(job_s);
             json_decref(job);
         } else {
-            q_pipe_cmd(&p, "XADD " QUEUE_STREAM " * m %s r %s a 1", m->id, job_r);
+            q_pipe_cmd(&p, "XADD " QUEUE_STREAM_PREFIX "%s * m %s r %s a 1", m->tenant, m->id, job_r);
+            q_pipe_cmd(&p, "SADD " QUEUE_TENANTS " %s", m->tenant);
         }
     }
     q_pipe_cmd(&p, "EXEC");

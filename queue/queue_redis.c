@@ -119,6 +119,9 @@ void queue_close(struct queue *q)
         return;
     if (q->c)
         redisFree(q->c);
+    for (int i = 0; i < q->ntenants; i++)
+        free(q->tenants[i]);
+    free(q->tenants);
     q_free_fields(q);
     free(q);
 }

@@ -10,24 +10,36 @@
 int queue_stats_get(struct queue *q, struct queue_stats *st)
 {
     memset(st, 0, sizeof(*st));
+    redisReply *t = q_cmd(q, "SMEMBERS " QUEUE_TENANTS);
+    if (!t)
+        return -1;
     struct q_pipe p;
     q_pipe_begin(&p, q);
-    q_pipe_cmd(&p, "XLEN " QUEUE_STREAM);
-    q_pipe_cmd(&p, "XPENDING " QUEUE_STREAM " " QUEUE_GROUP);
     q_pipe_cmd(&p, "ZCARD " QUEUE_DELAYED);
     q_pipe_cmd(&p, "ZCARD " QUEUE_OPEN);
     q_pipe_cmd(&p, "ZRANGE " QUEUE_OPEN " 0 0 WITHSCORES");
+    q_pipe_cmd(&p, "XLEN " QUEUE_DEAD);
+    for (size_t i = 0; i < t->elements; i++) {
+        q_pipe_cmd(&p, "XLEN " QUEUE_STREAM_PREFIX "%s", t->element[i]->str);
+        q_pipe_cmd(&p, "XPENDING " QUEUE_STREAM_PREFIX "%s " QUEUE_GROUP, t->element[i]->str);
+    }
+    size_t nt = t->elements;
+    freeReplyObject(t);
     redisReply **r = q_pipe_end(&p);
     if (!r)
         return -1;
-    st->stream_len = r[0]->type == REDIS_REPLY_INTEGER ? r[0]->integer : 0;
-    /* XPENDING fails with NOGROUP before the first sender ran: count 0. */
-    if (r[1]->type == REDIS_REPLY_ARRAY && r[1]->elements >= 1 && r[1]->element[0]->type == REDIS_REPLY_INTEGER)
-        st->pending = r[1]->element[0]->integer;
-    st->delayed = r[2]->type == REDIS_REPLY_INTEGER ? r[2]->integer : 0;
-    st->open_messages = r[3]->type == REDIS_REPLY_INTEGER ? r[3]->integer : 0;
-    if (r[4]->type == REDIS_REPLY_ARRAY && r[4]->elements == 2 && r[4]->element[1]->str)
-        st->oldest_open_ms = atoll(r[4]->element[1]->str);
+    st->delayed = r[0]->type == REDIS_REPLY_INTEGER ? r[0]->integer : 0;
+    st->open_messages = r[1]->type == REDIS_REPLY_INTEGER ? r[1]->integer : 0;
+    if (r[2]->type == REDIS_REPLY_ARRAY && r[2]->elements == 2 && r[2]->element[1]->str)
+        st->oldest_open_ms = atoll(r[2]->element[1]->str);
+    st->dead = r[3]->type == REDIS_REPLY_INTEGER ? r[3]->integer : 0;
+    for (size_t i = 0; i < nt; i++) {
+        redisReply *len = r[4 + 2 * i], *pend = r[5 + 2 * i];
+        st->stream_len += len->type == REDIS_REPLY_INTEGER ? len->integer : 0;
+        /* NOGROUP before the first sender saw the stream: count 0 */
+        if (pend->type == REDIS_REPLY_ARRAY && pend->elements >= 1 && pend->element[0]->type == REDIS_REPLY_INTEGER)
+            st->pending += pend->element[0]->integer;
+    }
     q_replies_free(r, p.n);
     return 0;
 }

@@ -34,6 +34,8 @@
 #define DELIVER_BLOCK_MS 1000       /* XREADGROUP BLOCK; bounds stop latency */
 #define DELIVER_SCHEDULE_MS 250     /* how often due retries are looked for */
 #define DELIVER_BACKOFF_MAX_MS 8000 /* Redis reconnect back-off cap */
+#define DELIVER_BATCH_MAX 16        /* jobs one worker reads at once (one per tenant) */
+#define DELIVER_RECLAIM_MAX 64      /* taken-over jobs waiting for a worker */
 #define RELAY_FAULT_HOLD_MS 60000   /* a misconfigured relay (auth, TLS) sits out this long */
 #define RELAY_DOWN_MIN_MS 1000      /* first reconnect back-off after a failed connect */
 #define RELAY_DOWN_MAX_MS 60000     /* reconnect back-off cap */
@@ -52,6 +54,9 @@ struct worker {
     int index;
     struct smtp_session **sessions; /* one per relay, opened on demand */
     int64_t *last_used;             /* per relay: mono ms of the last transaction */
+    pthread_mutex_t mu;             /* guards inflight */
+    struct queue_inflight inflight[DELIVER_BATCH_MAX];
+    int ninflight;
 };
 
 static struct {
@@ -65,8 +70,13 @@ static struct {
     struct smtp_timeouts timeouts;
     struct worker *workers;
     int nworkers;
-    pthread_t scheduler;
-    int scheduler_started;
+    pthread_t scheduler, keeper;
+    int scheduler_started, keeper_started;
+    int64_t claim_timeout_ms;
+    char keeper_consumer[128];
+    pthread_mutex_t rmu;            /* guards reclaimed */
+    struct queue_job reclaimed[DELIVER_RECLAIM_MAX];
+    int nreclaimed;
     atomic_int stop;
 } dv;
 
@@ -418,13 +428,63 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
     queue_delivery_free(&d);
 }
 
+/* inflight_set - publish the entries this worker holds, for the keeper. */
+static void inflight_set(struct worker *w, const struct queue_job *jobs, int n, const char *consumer)
+{
+    pthread_mutex_lock(&w->mu);
+    w->ninflight = 0;
+    for (int i = 0; i < n && i < DELIVER_BATCH_MAX; i++) {
+        struct queue_inflight *f = &w->inflight[w->ninflight++];
+        util_strlcpy(f->tenant, jobs[i].tenant, sizeof(f->tenant));
+        util_strlcpy(f->entry_id, jobs[i].entry_id, sizeof(f->entry_id));
+        util_strlcpy(f->consumer, consumer, sizeof(f->consumer));
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* take_reclaimed - a job the keeper took over from a dead sender, if any. */
+static int take_reclaimed(struct queue_job *job)
+{
+    pthread_mutex_lock(&dv.rmu);
+    int got = dv.nreclaimed > 0;
+    if (got)
+        *job = dv.reclaimed[--dv.nreclaimed];
+    pthread_mutex_unlock(&dv.rmu);
+    return got;
+}
+
+/* poison - a job taken over too often kills senders or never finishes:
+ * dead-letter it and bounce its open recipients (soft, internal_error). */
+static void poison(struct queue *q, struct queue_job *job)
+{
+    struct queue_delivery d;
+    if (queue_delivery_load(q, job, &d) < 0)
+        return;
+    queue_job_dead_letter(q, job, "reclaimed too often");
+    size_t n = json_array_size(job->rcpts);
+    struct queue_outcome *o = calloc(n ? n : 1, sizeof(*o));
+    for (size_t i = 0; i < n; i++) {
+        o[i].email = json_string_value(json_array_get(job->rcpts, i));
+        o[i].status = "bounced";
+        o[i].last_reply = "internal_error";
+        o[i].event = queue_event_new("bounced", job->msg_id, o[i].email, d.tags, d.metadata);
+        json_object_set_new(o[i].event, "bounce_type", json_string("soft"));
+        json_object_set_new(o[i].event, "reason", json_string("internal_error"));
+    }
+    log_kv(LOG_ERROR, "job_dead_lettered", "tenant", job->tenant, "message_id", job->msg_id, "entry", job->entry_id, NULL);
+    record(q, job, &d, o, n, 0);
+    free(o);
+    queue_delivery_free(&d);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
-    char err[128], consumer[300], host[256] = "host";
+    char err[128], consumer[128], host[64] = "host";
     gethostname(host, sizeof(host) - 1);
     snprintf(consumer, sizeof(consumer), "%s-%d-%d", host, (int)getpid(), w->index);
     struct queue *q = queue_open(dv.redis_url, err, sizeof(err));
+    struct queue_job jobs[DELIVER_BATCH_MAX];
     int backoff = 100;
     while (q && !atomic_load(&dv.stop)) {
         worker_idle(w);
@@ -434,18 +494,29 @@ static void *worker_main(void *arg)
             nap(250);
             continue;
         }
-        struct queue_job job;
-        int rc = queue_job_read(q, consumer, DELIVER_BLOCK_MS, &job);
-        if (rc < 0) {
+        int n;
+        const char *owner = consumer;
+        if (take_reclaimed(&jobs[0])) {
+            n = 1;
+            owner = dv.keeper_consumer;
+        } else {
+            n = queue_jobs_read(q, consumer, DELIVER_BLOCK_MS, jobs, DELIVER_BATCH_MAX);
+        }
+        if (n < 0) {
             nap(backoff);
             backoff = backoff * 2 > DELIVER_BACKOFF_MAX_MS ? DELIVER_BACKOFF_MAX_MS : backoff * 2;
             continue;
         }
         backoff = 100;
-        if (rc > 0)
-            continue;
-        deliver_job(w, q, &job);
-        queue_job_free(&job);
+        inflight_set(w, jobs, n, owner);
+        for (int i = 0; i < n; i++) {
+            if (jobs[i].reclaims > QUEUE_MAX_CLAIMS)
+                poison(q, &jobs[i]);
+            else
+                deliver_job(w, q, &jobs[i]);
+            queue_job_free(&jobs[i]);
+        }
+        inflight_set(w, NULL, 0, consumer);
     }
     for (size_t i = 0; i < dv.nrelays; i++) {
         if (w->sessions[i])
@@ -453,6 +524,45 @@ static void *worker_main(void *arg)
         smtp_session_free(w->sessions[i]);
         w->sessions[i] = NULL;
     }
+    queue_close(q);
+    return NULL;
+}
+
+/* keeper_main - keeps this process's in-flight entries fresh (so they are
+ * never taken over while a transaction is merely slow), and takes over the
+ * entries of senders that died (idle longer than the claim timeout). */
+static void *keeper_main(void *arg)
+{
+    char err[128];
+    struct queue *q = queue_open(dv.redis_url, err, sizeof(err));
+    struct queue_inflight *v = calloc((size_t)dv.nworkers * DELIVER_BATCH_MAX + 1, sizeof(*v));
+    int period = (int)(dv.claim_timeout_ms / 6);
+    if (period < 100)
+        period = 100;
+    while (q && v && !atomic_load(&dv.stop)) {
+        int n = 0;
+        for (int i = 0; i < dv.nworkers; i++) {
+            struct worker *w = &dv.workers[i];
+            pthread_mutex_lock(&w->mu);
+            for (int k = 0; k < w->ninflight; k++)
+                v[n++] = w->inflight[k];
+            pthread_mutex_unlock(&w->mu);
+        }
+        queue_jobs_touch(q, v, n);
+        pthread_mutex_lock(&dv.rmu);
+        int room = DELIVER_RECLAIM_MAX - dv.nreclaimed;
+        pthread_mutex_unlock(&dv.rmu);
+        if (room > 0) {
+            struct queue_job got[DELIVER_RECLAIM_MAX];
+            int k = queue_jobs_reclaim(q, dv.keeper_consumer, dv.claim_timeout_ms, got, room);
+            pthread_mutex_lock(&dv.rmu);
+            for (int i = 0; i < k; i++)
+                dv.reclaimed[dv.nreclaimed++] = got[i];
+            pthread_mutex_unlock(&dv.rmu);
+        }
+        nap(period);
+    }
+    free(v);
     queue_close(q);
     return NULL;
 }
@@ -505,12 +615,11 @@ int smtp_deliver_start(const struct smtp_deliver_config *c)
         log_kv(LOG_WARN, "no_relays", "reason", "MAILGATE_RELAYS is empty: messages will be deferred", NULL);
     /* Sessions write to sockets the relay may close: never die of SIGPIPE. */
     signal(SIGPIPE, SIG_IGN);
-    char e2[128];
-    struct queue *q = queue_open(dv.redis_url, e2, sizeof(e2));
-    if (q) {
-        queue_group_ensure(q);
-        queue_close(q);
-    }
+    dv.claim_timeout_ms = c->claim_timeout_ms > 0 ? c->claim_timeout_ms : 30000;
+    pthread_mutex_init(&dv.rmu, NULL);
+    char host[64] = "host";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(dv.keeper_consumer, sizeof(dv.keeper_consumer), "%s-%d-keeper", host, (int)getpid());
     dv.nworkers = dv.nrelays ? dv.relays[0].pool : 1;
     for (size_t i = 1; i < dv.nrelays; i++)
         if (dv.relays[i].pool > dv.nworkers)
@@ -522,9 +631,11 @@ int smtp_deliver_start(const struct smtp_deliver_config *c)
         dv.workers[i].index = i;
         dv.workers[i].sessions = calloc(dv.nrelays ? dv.nrelays : 1, sizeof(struct smtp_session *));
         dv.workers[i].last_used = calloc(dv.nrelays ? dv.nrelays : 1, sizeof(int64_t));
+        pthread_mutex_init(&dv.workers[i].mu, NULL);
         pthread_create(&dv.workers[i].thread, NULL, worker_main, &dv.workers[i]);
     }
     dv.scheduler_started = pthread_create(&dv.scheduler, NULL, scheduler_main, NULL) == 0;
+    dv.keeper_started = pthread_create(&dv.keeper, NULL, keeper_main, NULL) == 0;
     char nw[16];
     snprintf(nw, sizeof(nw), "%d", dv.nworkers);
     log_kv(LOG_INFO, "sender_started", "workers", nw, NULL);
@@ -553,13 +664,20 @@ int smtp_deliver_stop(int deadline_ms)
     }
     if (dv.scheduler_started && pthread_timedjoin_np(dv.scheduler, NULL, &until) != 0)
         late++;
+    if (dv.keeper_started && pthread_timedjoin_np(dv.keeper, NULL, &until) != 0)
+        late++;
     if (late) {
         /* Busy threads still use the state: leave it to process exit. */
         log_kv(LOG_WARN, "sender_stop_deadline", "reason",
                "transactions still running at the deadline; their jobs stay pending in Redis", NULL);
         return -1;
     }
+    for (int i = 0; i < dv.nworkers; i++)
+        pthread_mutex_destroy(&dv.workers[i].mu);
     free(dv.workers);
+    for (int i = 0; i < dv.nreclaimed; i++)
+        queue_job_free(&dv.reclaimed[i]); /* still pending: another sender takes them over */
+    pthread_mutex_destroy(&dv.rmu);
     for (size_t i = 0; i < dv.nrelays; i++)
         pthread_mutex_destroy(&dv.rs[i].mu);
     free(dv.rs);

@@ -16,6 +16,8 @@ struct smtp_deliver_config {
     const int64_t *retry_ms;     /* back-off steps in ms; the last repeats */
     int nretry;
     int64_t max_age_ms;          /* retry no longer than this after acceptance */
+    int64_t claim_timeout_ms;    /* MAILGATE_CLAIM_TIMEOUT: an entry idle this long
+                                    belonged to a dead sender and is taken over */
     const char *timeouts;        /* MAILGATE_SMTP_TIMEOUTS ("greeting=5m,dot=10m,...") or NULL */
 };
 
