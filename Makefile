@@ -57,7 +57,7 @@ deps:
 	@./scripts/deps.sh
 
 unit: $(UNIT_BINS)
-	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; MUSTACHE_SPEC_DIR=../shared/data/mustache-spec $$t; done
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; MUSTACHE_SPEC_DIR=tests/data/mustache-spec $$t; done
 
 e2e: $(BIN)/mailgate
 	MAILGATE_BIN=$(abspath $(BIN)/mailgate) $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e

@@ -2,7 +2,7 @@
  * test_tmpl.c - unit tests for templates/tmpl.c.
  *
  * 1. The official Mustache spec suite, read at run time from the JSON files
- *    in $MUSTACHE_SPEC_DIR (default ../shared/data/mustache-spec): every
+ *    in $MUSTACHE_SPEC_DIR (default tests/data/mustache-spec, a copy of ../shared/data/mustache-spec): every
  *    test of every *.json file there, partials served from each test's
  *    "partials" object. Prints one summary line; fails if any test fails or
  *    if none ran.
@@ -130,7 +130,7 @@ static void test_spec_suite(void **state)
 {
     const char *dir = getenv("MUSTACHE_SPEC_DIR");
     if (!dir || !*dir)
-        dir = "../shared/data/mustache-spec";
+        dir = "tests/data/mustache-spec";
     DIR *d = opendir(dir);
     if (!d)
         fail_msg("cannot open spec directory %s (set MUSTACHE_SPEC_DIR)", dir);
