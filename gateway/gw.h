@@ -42,7 +42,8 @@ struct gw_config {
     int64_t retry_ms[GW_RETRY_STEPS_MAX]; /* MAILGATE_RETRY_SCHEDULE */
     char smtp_timeouts[512];   /* MAILGATE_SMTP_TIMEOUTS */
     int64_t shutdown_ms;
-    int64_t claim_timeout_ms;  /* MAILGATE_CLAIM_TIMEOUT */       /* MAILGATE_SHUTDOWN_TIMEOUT: in-flight grace on SIGTERM */
+    int64_t claim_timeout_ms;  /* MAILGATE_CLAIM_TIMEOUT */
+    int64_t send_at_horizon_ms; /* MAILGATE_SEND_AT_HORIZON: how far ahead send_at may be */       /* MAILGATE_SHUTDOWN_TIMEOUT: in-flight grace on SIGTERM */
     int nretry;
     int webhook_allow_private; /* MAILGATE_WEBHOOK_ALLOW_PRIVATE: lift the SSRF guard (tests, labs) */
     int64_t webhook_retry_ms[GW_RETRY_STEPS_MAX]; /* MAILGATE_WEBHOOK_RETRY_SCHEDULE */
@@ -107,8 +108,20 @@ void gw_metrics(struct gw_req *req, struct gw_resp *resp);
 /* gw_count_http - count one answered request by status (for /metrics). */
 void gw_count_http(int status);
 
+/* gw_openapi - GET /v1/openapi.yaml: the OpenAPI document built into the
+ * binary (gateway/openapi.yaml), as application/yaml. */
+void gw_openapi(struct gw_req *req, struct gw_resp *resp);
+
 /* Route handlers. */
 void gw_send_message(struct gw_req *req, struct gw_resp *resp);
+void gw_send_batch(struct gw_req *req, struct gw_resp *resp);
+void gw_cancel_message(struct gw_req *req, struct gw_resp *resp, const char *id);
+
+/* gw_send_object - validate one message object (contract "Send"), render
+ * it and queue it; resp gets 202 {id, status, recipients} or the error.
+ * o is borrowed. Used by POST /v1/messages, the batch and the compatible
+ * surfaces (which translate their formats into this one). */
+void gw_send_object(struct gw_req *req, json_t *o, struct gw_resp *resp);
 void gw_get_message(struct gw_req *req, struct gw_resp *resp, const char *id);
 void gw_list_messages(struct gw_req *req, struct gw_resp *resp);
 void gw_list_events(struct gw_req *req, struct gw_resp *resp);

@@ -126,6 +126,9 @@ int gw_config_load(struct gw_config *c)
         if (smtp_timeouts_parse(c->smtp_timeouts, &t, err, sizeof(err)) < 0)
             return bad("MAILGATE_SMTP_TIMEOUTS", err);
     }
+    if (util_parse_duration(env("MAILGATE_SEND_AT_HORIZON", "30d"), &c->send_at_horizon_ms) < 0 ||
+        c->send_at_horizon_ms < 60000)
+        return bad("MAILGATE_SEND_AT_HORIZON", "expected a duration of at least 1m, such as 30d");
     if (util_parse_duration(env("MAILGATE_CLAIM_TIMEOUT", "30s"), &c->claim_timeout_ms) < 0 ||
         c->claim_timeout_ms < 1000 || c->claim_timeout_ms > 3600 * 1000)
         return bad("MAILGATE_CLAIM_TIMEOUT", "expected a duration from 1s to 1h, such as 30s");

@@ -27,12 +27,20 @@
 #include "common/util.h"
 
 #define GW_THREADS 4
+#define GW_CONN_MAX 1024                                 /* connections at once */
+#define GW_CONN_PER_IP_MAX 128                           /* from one client address */
+#define GW_CONN_TIMEOUT_S 30                             /* idle or slow client (slow-loris) */
+#define GW_BODY_INFLIGHT_MAX ((size_t)512 * 1024 * 1024) /* body bytes held across all connections */
 
 struct gw_conn {
     struct buf body;
     int too_large;
+    int busy;            /* refused: too many body bytes held server-wide */
+    size_t held;         /* bytes of this body counted in gw_body_inflight */
     char request_id[40];
 };
+
+static atomic_size_t gw_body_inflight;
 
 static struct MHD_Daemon *gw_daemon;
 static const struct gw_config *gw_cfg;
@@ -177,6 +185,16 @@ static void h_send(struct gw_req *req, struct gw_resp *resp, const char *arg)
     gw_send_message(req, resp);
 }
 
+static void h_cancel(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_cancel_message(req, resp, arg);
+}
+
+static void h_send_batch(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_send_batch(req, resp);
+}
+
 static void h_get_message(struct gw_req *req, struct gw_resp *resp, const char *arg)
 {
     gw_get_message(req, resp, arg);
@@ -257,13 +275,21 @@ static void h_wh_deliveries(struct gw_req *req, struct gw_resp *resp, const char
     gw_wh_deliveries(req, resp, arg);
 }
 
+static void h_openapi(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_openapi(req, resp);
+}
+
 static const struct gw_route routes[] = {
     {"GET", "/healthz", NULL, h_healthz, 0},
     {"GET", "/readyz", NULL, h_readyz, 0},
     {"GET", "/metrics", NULL, h_metrics, 0},
+    {"GET", "/v1/openapi.yaml", NULL, h_openapi, 0},
     {"POST", "/v1/messages", "send", h_send, 1},
+    {"POST", "/v1/messages/batch", "send", h_send_batch, 1},
     {"GET", "/v1/messages", "read", h_list_messages, 0},
     {"GET", "/v1/messages/*", "read", h_get_message, 0},
+    {"DELETE", "/v1/messages/*", "send", h_cancel, 0},
     {"GET", "/v1/events", "read", h_list_events, 0},
     {"GET", "/v1/suppressions", "suppressions", h_supp_list, 0},
     {"POST", "/v1/suppressions", "suppressions", h_supp_add, 0},
@@ -447,14 +473,31 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     if (*upload_size) {
-        if (!gc->too_large && buf_append(&gc->body, upload, *upload_size) < 0) {
-            gc->too_large = 1;
-            buf_free(&gc->body);
+        size_t n = *upload_size;
+        if (!gc->too_large && !gc->busy) {
+            /* Cap what all bodies together hold, so many large uploads at
+             * once cannot exhaust memory; the excess is answered 503. */
+            if (atomic_fetch_add(&gw_body_inflight, n) + n > GW_BODY_INFLIGHT_MAX) {
+                atomic_fetch_sub(&gw_body_inflight, n);
+                gc->busy = 1;
+                buf_free(&gc->body);
+            } else {
+                gc->held += n;
+                if (buf_append(&gc->body, upload, n) < 0) {
+                    gc->too_large = 1;
+                    buf_free(&gc->body);
+                }
+            }
         }
         *upload_size = 0;
         return MHD_YES;
     }
     struct gw_resp r = {0};
+    if (gc->busy) {
+        gw_error(&r, 503, "busy", NULL, "the server holds too many request bodies right now; retry shortly");
+        util_strlcpy(r.retry_after, "2", sizeof(r.retry_after));
+        return send_resp(conn, gc, &r);
+    }
     if (gc->too_large) {
         gw_error(&r, 413, "payload_too_large", NULL, "request body exceeds %zu bytes", GW_BODY_MAX);
         return send_resp(conn, gc, &r);
@@ -487,6 +530,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     struct gw_conn *gc = *con_cls;
     if (gc) {
+        atomic_fetch_sub(&gw_body_inflight, gc->held);
         buf_free(&gc->body);
         free(gc);
         *con_cls = NULL;
@@ -537,7 +581,9 @@ int gw_http_start(const struct gw_config *c)
                                  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                                  MHD_OPTION_THREAD_POOL_SIZE, (unsigned)GW_THREADS,
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)GW_CONN_TIMEOUT_S,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)GW_CONN_MAX,
+                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)GW_CONN_PER_IP_MAX,
                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)256 * 1024,
                                  MHD_OPTION_END);
     if (!gw_daemon) {

@@ -111,3 +111,18 @@ void gw_list_messages(struct gw_req *req, struct gw_resp *resp)
     int rc = queue_messages_query(req->q, req->key.tenant, &qq, &out);
     answer(resp, rc, out);
 }
+
+void gw_cancel_message(struct gw_req *req, struct gw_resp *resp, const char *id)
+{
+    int rc = id_ok(id) ? queue_message_cancel(req->q, req->key.tenant, id) : 1;
+    if (rc < 0) {
+        gw_error(resp, 503, "unavailable", NULL, "the queue store (Redis) is unavailable");
+        util_strlcpy(resp->retry_after, "5", sizeof(resp->retry_after));
+    } else if (rc == 1) {
+        gw_error(resp, 404, "not_found", NULL, "no such message");
+    } else if (rc == 2) {
+        gw_error(resp, 409, "not_cancellable", NULL, "only a message that is still scheduled can be cancelled");
+    } else {
+        resp->status = 204;
+    }
+}

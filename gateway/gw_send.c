@@ -440,8 +440,11 @@ static int validate(struct send *s, json_t *o)
     if (at && !json_is_null(at)) {
         if (!json_is_string(at) || util_parse_rfc3339(json_string_value(at), &s->send_at_ms) < 0)
             return fail(s, "send_at", "%smust be an RFC 3339 date-time such as 2026-12-01T09:00:00Z", "");
-        if (s->send_at_ms > util_now_ms() + 72LL * 3600 * 1000)
-            return fail(s, "send_at", "%smay be at most 72 hours ahead", "");
+        if (s->send_at_ms > util_now_ms() + s->req->cfg->send_at_horizon_ms) {
+            char h[32];
+            snprintf(h, sizeof(h), "%lld", (long long)(s->req->cfg->send_at_horizon_ms / 3600000));
+            return fail(s, "send_at", "may be at most %s hours ahead (MAILGATE_SEND_AT_HORIZON)", h);
+        }
         if (s->send_at_ms <= util_now_ms())
             s->send_at_ms = 0;
     }
@@ -540,22 +543,91 @@ static int mark_suppressed(struct gw_req *req, struct gw_resp *resp, struct queu
     return rc;
 }
 
-void gw_send_message(struct gw_req *req, struct gw_resp *resp)
+/* parse_body - the request body as JSON (duplicate keys refused), or NULL
+ * with a 400 set. */
+static json_t *parse_body(struct gw_req *req, struct gw_resp *resp)
 {
     json_error_t jerr;
     json_t *o = json_loadb(req->body, req->bodylen, JSON_REJECT_DUPLICATES, &jerr);
-    if (!o) {
+    if (!o)
         gw_error(resp, 400, "invalid_json", NULL, "body is not valid JSON: %s (line %d, column %d)",
                  jerr.text, jerr.line, jerr.column);
-        return;
+    else if (json_depth(o) > GW_JSON_DEPTH_MAX) {
+        gw_error(resp, 422, "validation_error", NULL, "JSON nesting deeper than %d", GW_JSON_DEPTH_MAX);
+        json_decref(o);
+        o = NULL;
     }
+    return o;
+}
+
+void gw_send_message(struct gw_req *req, struct gw_resp *resp)
+{
+    json_t *o = parse_body(req, resp);
+    if (o)
+        gw_send_object(req, o, resp);
+    json_decref(o);
+}
+
+void gw_send_batch(struct gw_req *req, struct gw_resp *resp)
+{
+    json_t *o = parse_body(req, resp);
+    if (!o)
+        return;
+    json_t *msgs = json_object_get(o, "messages");
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v) {
+        if (strcmp(k, "messages") != 0) {
+            gw_error(resp, 422, "validation_error", k, "%.100s is not a known field (messages)", k);
+            json_decref(o);
+            return;
+        }
+    }
+    if (!json_is_array(msgs) || json_array_size(msgs) == 0) {
+        gw_error(resp, 422, "validation_error", "messages", "messages must be a non-empty array");
+    } else if (json_array_size(msgs) > GW_BATCH_MAX) {
+        gw_error(resp, 413, "batch_too_large", "messages", "a batch holds at most %d messages", GW_BATCH_MAX);
+    } else {
+        /* Each item stands alone: a bad one fails without touching the
+         * others, in order, and the answer lists every outcome. */
+        json_t *results = json_array();
+        int queued = 0;
+        size_t i;
+        json_t *item;
+        json_array_foreach(msgs, i, item) {
+            struct gw_resp one = {0};
+            gw_send_object(req, item, &one);
+            if (one.status == 202) {
+                queued++;
+                json_array_append_new(results, json_pack("{s:O, s:O, s:O}", "id", json_object_get(one.body, "id"),
+                                                         "status", json_object_get(one.body, "status"),
+                                                         "recipients", json_object_get(one.body, "recipients")));
+            } else {
+                json_t *err = json_object_get(one.body, "error");
+                if (err && json_is_string(json_object_get(err, "field"))) {
+                    char f[300];
+                    snprintf(f, sizeof(f), "messages[%zu].%s", i, json_string_value(json_object_get(err, "field")));
+                    json_object_set_new(err, "field", json_string(f));
+                }
+                json_array_append_new(results, json_pack("{s:O}", "error", err));
+                if (one.status == 503) {
+                    /* Redis is away: the rest would fail the same way. */
+                    util_strlcpy(resp->retry_after, one.retry_after, sizeof(resp->retry_after));
+                }
+            }
+            json_decref(one.body);
+        }
+        resp->status = queued ? 202 : (resp->retry_after[0] ? 503 : 422);
+        resp->body = json_pack("{s:o}", "results", results);
+    }
+    json_decref(o);
+}
+
+void gw_send_object(struct gw_req *req, json_t *o, struct gw_resp *resp)
+{
     struct send s = {.req = req, .resp = resp};
     if (!json_is_object(o)) {
-        gw_error(resp, 422, "validation_error", NULL, "the body must be a JSON object");
-        goto out;
-    }
-    if (json_depth(o) > GW_JSON_DEPTH_MAX) {
-        gw_error(resp, 422, "validation_error", NULL, "JSON nesting deeper than %d", GW_JSON_DEPTH_MAX);
+        gw_error(resp, 422, "validation_error", NULL, "a message must be a JSON object");
         goto out;
     }
     if (validate(&s, o) < 0)
@@ -632,5 +704,4 @@ void gw_send_message(struct gw_req *req, struct gw_resp *resp)
     buf_free(&body);
 out:
     send_free(&s);
-    json_decref(o);
 }

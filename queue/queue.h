@@ -163,6 +163,12 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m);
  * Returns 0 with *out, 1 when unknown or another tenant's, -1 on error. */
 int queue_message_get(struct queue *q, const char *tenant, const char *id, json_t **out);
 
+/* queue_message_cancel - cancel a message that is still scheduled: its
+ * recipients become "cancelled" (with events), atomically against the
+ * scheduler. Returns 0 when cancelled, 1 when unknown or another tenant's,
+ * 2 when it is no longer (or never was) scheduled, -1 on Redis error. */
+int queue_message_cancel(struct queue *q, const char *tenant, const char *id);
+
 /* queue_message_events - the message's events, oldest first. 0/1/-1. */
 int queue_message_events(struct queue *q, const char *tenant, const char *id, json_t **out);
 

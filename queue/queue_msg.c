@@ -127,6 +127,8 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
             json_t *job = json_pack("{s:s, s:s, s:O, s:i}", "t", m->tenant, "m", m->id, "r", job_rcpts, "a", 1);
             char *job_s = json_dumps(job, JSON_COMPACT);
             q_pipe_cmd(&p, "ZADD " QUEUE_DELAYED " %lld %s", (long long)m->due_ms, job_s);
+            /* kept so that DELETE /v1/messages/{id} can find and remove it */
+            q_pipe_cmd(&p, "HSET mg:msg:%s sched %s", m->id, job_s);
             free(job_s);
             json_decref(job);
         } else {
@@ -425,4 +427,79 @@ int queue_messages_query(struct queue *q, const char *tenant, const struct queue
     }
     *out = json_pack("{s:o, s:o}", "data", data, "next_cursor", next);
     return 0;
+}
+
+/* Cancels a scheduled message: only while its delayed job is still in
+ * mg:delayed (ZREM says so atomically), then every recipient of the job
+ * becomes "cancelled" with its event. ARGV: job, id, tenant, then pairs of
+ * (email, event JSON). */
+static const char *cancel_lua =
+    "if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end\n"
+    "local id, t = ARGV[2], ARGV[3]\n"
+    "for i = 4, #ARGV, 2 do\n"
+    "  redis.call('HSET', 'mg:msg:' .. id .. ':rcpt', ARGV[i], cjson.encode({status='cancelled', attempts=0}))\n"
+    "  redis.call('RPUSH', 'mg:msg:' .. id .. ':events', ARGV[i+1])\n"
+    "  redis.call('XADD', 'mg:events:' .. t, '*', 'e', ARGV[i+1])\n"
+    "  redis.call('XADD', KEYS[2], '*', 't', t, 'e', ARGV[i+1])\n"
+    "end\n"
+    "redis.call('HDEL', 'mg:msg:' .. id, 'sched')\n"
+    "redis.call('ZREM', KEYS[3], id)\n"
+    "redis.call('DEL', 'mg:msg:' .. id .. ':body')\n"
+    "return 1\n";
+
+int queue_message_cancel(struct queue *q, const char *tenant, const char *id)
+{
+    redisReply *r = q_cmd(q, "HMGET mg:msg:%s tenant sched tags metadata", id);
+    if (!r)
+        return -1;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 4 || !r->element[0]->str ||
+        strcmp(r->element[0]->str, tenant) != 0) {
+        freeReplyObject(r);
+        return 1;
+    }
+    if (!r->element[1]->str) {
+        freeReplyObject(r);
+        return 2;
+    }
+    char *sched = strdup(r->element[1]->str);
+    json_t *tags = r->element[2]->str ? json_loads(r->element[2]->str, 0, NULL) : NULL;
+    json_t *meta = r->element[3]->str ? json_loads(r->element[3]->str, 0, NULL) : NULL;
+    freeReplyObject(r);
+    json_t *job = json_loads(sched, 0, NULL);
+    json_t *rcpts = json_object_get(job, "r");
+    size_t n = json_array_size(rcpts);
+    const char **argv = calloc(9 + 2 * n, sizeof(*argv));
+    char **evs = calloc(n ? n : 1, sizeof(*evs));
+    int argc = 0;
+    argv[argc++] = "EVAL";
+    argv[argc++] = cancel_lua;
+    argv[argc++] = "3";
+    argv[argc++] = QUEUE_DELAYED;
+    argv[argc++] = QUEUE_FEED;
+    argv[argc++] = QUEUE_OPEN;
+    argv[argc++] = sched;
+    argv[argc++] = id;
+    argv[argc++] = tenant;
+    for (size_t i = 0; i < n; i++) {
+        const char *email = json_string_value(json_array_get(rcpts, i));
+        json_t *ev = queue_event_new("cancelled", id, email, tags, meta);
+        json_object_set_new(ev, "reason", json_string("cancelled"));
+        evs[i] = json_dumps(ev, JSON_COMPACT);
+        json_decref(ev);
+        argv[argc++] = email ? email : "";
+        argv[argc++] = evs[i];
+    }
+    redisReply *e = q_cmdv(q, argc, argv, NULL);
+    int rc = !e ? -1 : (e->type == REDIS_REPLY_INTEGER && e->integer == 1) ? 0 : 2;
+    if (e)
+        freeReplyObject(e);
+    for (size_t i = 0; i < n; i++)
+        free(evs[i]);
+    free(evs);
+    free(argv);
+    json_decref(job);
+    json_decref(tags);
+    json_decref(meta);
+    free(sched);
+    return rc;
 }
