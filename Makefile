@@ -43,6 +43,22 @@ $(BUILD)/lib$(1).a: $(filter-out $(MAINOBJ),$(patsubst %.c,$(BUILD)/%.o,$(wildca
 endef
 $(foreach m,$(MODULES),$(eval $(call archive_rule,$(m))))
 
+# gateway/openapi.yaml is built into the binary (GET /v1/openapi.yaml): od
+# and awk (coreutils and mawk, in every Debian image) turn it into a C byte
+# array that goes into libgateway.a beside gateway/gw_openapi.o.
+OPENAPI_GEN := $(BUILD)/gen/openapi_yaml.c
+$(OPENAPI_GEN): gateway/openapi.yaml
+	@mkdir -p $(dir $@)
+	{ echo '/* generated from $< by the Makefile: do not edit */'; \
+	  echo '#include <stddef.h>'; \
+	  echo 'const unsigned char gw_openapi_yaml[] = {'; \
+	  od -An -v -tx1 $< | awk '{ s = ""; for (i = 1; i <= NF; i++) s = s "0x" $$i ","; print s }'; \
+	  echo '};'; \
+	  echo "const size_t gw_openapi_yaml_len = $$(wc -c < $<);"; } > $@.tmp && mv $@.tmp $@
+$(BUILD)/gen/openapi_yaml.o: $(OPENAPI_GEN)
+	$(CC) $(CFLAGS) -c -o $@ $<
+$(BUILD)/libgateway.a: $(BUILD)/gen/openapi_yaml.o
+
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
