@@ -53,6 +53,13 @@ void q_pipe_cmdv(struct q_pipe *p, int argc, const char **argv, const size_t *le
 redisReply **q_pipe_end(struct q_pipe *p);
 void q_replies_free(redisReply **r, int n);
 
+/* q_event_append - queue, on pipeline p (usually inside MULTI), every write
+ * that records one event: the message's event list, the tenant's event log
+ * and the webhook feed. The one place that knows where events live, so
+ * indexes and retention are added here once. ev is the event object and
+ * ev_s its compact JSON (what is stored). */
+void q_event_append(struct q_pipe *p, const char *tenant, const char *msg_id, json_t *ev, const char *ev_s);
+
 /* q_block_timeout - set the socket timeout for a blocking command. */
 void q_set_timeout_ms(struct queue *q, int ms);
 

@@ -368,9 +368,7 @@ int queue_job_finish(struct queue *q, const struct queue_job *job, const struct 
         free(st_s);
         if (o[i].event) {
             char *ev_s = json_dumps(o[i].event, JSON_COMPACT);
-            q_pipe_cmd(&p, "RPUSH mg:msg:%s:events %s", job->msg_id, ev_s);
-            q_pipe_cmd(&p, "XADD mg:events:%s * e %s", d->tenant, ev_s);
-            q_pipe_cmd(&p, "XADD " QUEUE_FEED " * t %s e %s", d->tenant, ev_s);
+            q_event_append(&p, d->tenant, job->msg_id, o[i].event, ev_s);
             free(ev_s);
         }
         if (!strcmp(status, "deferred"))

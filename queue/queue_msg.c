@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/log.h"
 #include "common/util.h"
 
 #define Q_SCAN_MAX 5000 /* events examined for one filtered log query */
@@ -109,9 +110,7 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
         if (!strcmp(m->rcpts[i].status, "suppressed"))
             json_object_set_new(ev, "reason", json_string("suppressed"));
         char *ev_s = json_dumps(ev, JSON_COMPACT);
-        q_pipe_cmd(&p, "RPUSH mg:msg:%s:events %s", m->id, ev_s);
-        q_pipe_cmd(&p, "XADD mg:events:%s * e %s", m->tenant, ev_s);
-        q_pipe_cmd(&p, "XADD " QUEUE_FEED " * t %s e %s", m->tenant, ev_s);
+        q_event_append(&p, m->tenant, m->id, ev, ev_s);
         free(ev_s);
         json_decref(ev);
     }
@@ -433,20 +432,6 @@ int queue_messages_query(struct queue *q, const char *tenant, const struct queue
  * mg:delayed (ZREM says so atomically), then every recipient of the job
  * becomes "cancelled" with its event. ARGV: job, id, tenant, then pairs of
  * (email, event JSON). */
-static const char *cancel_lua =
-    "if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end\n"
-    "local id, t = ARGV[2], ARGV[3]\n"
-    "for i = 4, #ARGV, 2 do\n"
-    "  redis.call('HSET', 'mg:msg:' .. id .. ':rcpt', ARGV[i], cjson.encode({status='cancelled', attempts=0}))\n"
-    "  redis.call('RPUSH', 'mg:msg:' .. id .. ':events', ARGV[i+1])\n"
-    "  redis.call('XADD', 'mg:events:' .. t, '*', 'e', ARGV[i+1])\n"
-    "  redis.call('XADD', KEYS[2], '*', 't', t, 'e', ARGV[i+1])\n"
-    "end\n"
-    "redis.call('HDEL', 'mg:msg:' .. id, 'sched')\n"
-    "redis.call('ZREM', KEYS[3], id)\n"
-    "redis.call('DEL', 'mg:msg:' .. id .. ':body')\n"
-    "return 1\n";
-
 int queue_message_cancel(struct queue *q, const char *tenant, const char *id)
 {
     redisReply *r = q_cmd(q, "HMGET mg:msg:%s tenant sched tags metadata", id);
@@ -465,41 +450,56 @@ int queue_message_cancel(struct queue *q, const char *tenant, const char *id)
     json_t *tags = r->element[2]->str ? json_loads(r->element[2]->str, 0, NULL) : NULL;
     json_t *meta = r->element[3]->str ? json_loads(r->element[3]->str, 0, NULL) : NULL;
     freeReplyObject(r);
-    json_t *job = json_loads(sched, 0, NULL);
-    json_t *rcpts = json_object_get(job, "r");
-    size_t n = json_array_size(rcpts);
-    const char **argv = calloc(9 + 2 * n, sizeof(*argv));
-    char **evs = calloc(n ? n : 1, sizeof(*evs));
-    int argc = 0;
-    argv[argc++] = "EVAL";
-    argv[argc++] = cancel_lua;
-    argv[argc++] = "3";
-    argv[argc++] = QUEUE_DELAYED;
-    argv[argc++] = QUEUE_FEED;
-    argv[argc++] = QUEUE_OPEN;
-    argv[argc++] = sched;
-    argv[argc++] = id;
-    argv[argc++] = tenant;
-    for (size_t i = 0; i < n; i++) {
-        const char *email = json_string_value(json_array_get(rcpts, i));
-        json_t *ev = queue_event_new("cancelled", id, email, tags, meta);
-        json_object_set_new(ev, "reason", json_string("cancelled"));
-        evs[i] = json_dumps(ev, JSON_COMPACT);
-        json_decref(ev);
-        argv[argc++] = email ? email : "";
-        argv[argc++] = evs[i];
+    /* Take the delayed job first: ZREM is the atomic decision against the
+     * scheduler. Whoever removes it owns the message's fate. */
+    redisReply *z = q_cmd(q, "ZREM " QUEUE_DELAYED " %s", sched);
+    int rc = !z ? -1 : (z->type == REDIS_REPLY_INTEGER && z->integer == 1) ? 0 : 2;
+    if (z)
+        freeReplyObject(z);
+    if (rc == 0) {
+        json_t *job = json_loads(sched, 0, NULL);
+        json_t *rcpts = json_object_get(job, "r");
+        struct q_pipe p;
+        q_pipe_begin(&p, q);
+        q_pipe_cmd(&p, "MULTI");
+        size_t i;
+        json_t *e;
+        json_array_foreach(rcpts, i, e) {
+            const char *email = json_string_value(e);
+            if (!email)
+                continue;
+            q_pipe_cmd(&p, "HSET mg:msg:%s:rcpt %s %s", id, email, "{\"status\":\"cancelled\",\"attempts\":0,\"last_reply\":null}");
+            json_t *ev = queue_event_new("cancelled", id, email, tags, meta);
+            json_object_set_new(ev, "reason", json_string("cancelled"));
+            char *ev_s = json_dumps(ev, JSON_COMPACT);
+            q_event_append(&p, tenant, id, ev, ev_s);
+            free(ev_s);
+            json_decref(ev);
+        }
+        q_pipe_cmd(&p, "HDEL mg:msg:%s sched", id);
+        q_pipe_cmd(&p, "ZREM " QUEUE_OPEN " %s", id);
+        q_pipe_cmd(&p, "DEL mg:msg:%s:body", id);
+        q_pipe_cmd(&p, "EXEC");
+        redisReply **v = q_pipe_end(&p);
+        /* The job is gone either way; if this write failed the recipients
+         * stay "scheduled" forever, so say so loudly. */
+        if (!v || v[p.n - 1]->type != REDIS_REPLY_ARRAY) {
+            log_kv(LOG_ERROR, "cancel_not_recorded", "message_id", id, NULL);
+            rc = -1;
+        }
+        q_replies_free(v, p.n);
+        json_decref(job);
     }
-    redisReply *e = q_cmdv(q, argc, argv, NULL);
-    int rc = !e ? -1 : (e->type == REDIS_REPLY_INTEGER && e->integer == 1) ? 0 : 2;
-    if (e)
-        freeReplyObject(e);
-    for (size_t i = 0; i < n; i++)
-        free(evs[i]);
-    free(evs);
-    free(argv);
-    json_decref(job);
     json_decref(tags);
     json_decref(meta);
     free(sched);
     return rc;
+}
+
+void q_event_append(struct q_pipe *p, const char *tenant, const char *msg_id, json_t *ev, const char *ev_s)
+{
+    (void)ev;
+    q_pipe_cmd(p, "RPUSH mg:msg:%s:events %s", msg_id, ev_s);
+    q_pipe_cmd(p, "XADD mg:events:%s * e %s", tenant, ev_s);
+    q_pipe_cmd(p, "XADD " QUEUE_FEED " * t %s e %s", tenant, ev_s);
 }
