@@ -1,7 +1,7 @@
 # mailgate - one Makefile.
 #
 #   make            build bin/mailgate
-#   make test       install missing deps, build, run unit + end-to-end tests
+#   make test       install missing deps, build, run unit + end-to-end tests, and a short fuzz run
 #   make run        install missing deps, build, start local redis + capture SMTP, run the gateway
 #   make asan       build with AddressSanitizer + UBSan into build/asan and run all tests with it
 #   make unit       unit tests only;  make e2e  end-to-end tests only
@@ -43,11 +43,11 @@ $(BUILD)/lib$(1).a: $(filter-out $(MAINOBJ),$(patsubst %.c,$(BUILD)/%.o,$(wildca
 endef
 $(foreach m,$(MODULES),$(eval $(call archive_rule,$(m))))
 
-# gateway/openapi.yaml is built into the binary (GET /v1/openapi.yaml): od
+# docs/openapi.yaml is built into the binary (GET /v1/openapi.yaml): od
 # and awk (coreutils and mawk, in every Debian image) turn it into a C byte
 # array that goes into libgateway.a beside gateway/gw_openapi.o.
 OPENAPI_GEN := $(BUILD)/gen/openapi_yaml.c
-$(OPENAPI_GEN): gateway/openapi.yaml
+$(OPENAPI_GEN): docs/openapi.yaml
 	@mkdir -p $(dir $@)
 	{ echo '/* generated from $< by the Makefile: do not edit */'; \
 	  echo '#include <stddef.h>'; \
@@ -81,6 +81,7 @@ e2e: $(BIN)/mailgate
 test: deps
 	@$(MAKE) --no-print-directory all unit
 	@$(MAKE) --no-print-directory e2e
+	@$(MAKE) --no-print-directory fuzz FUZZ_TIME=10
 
 asan: deps
 	@$(MAKE) --no-print-directory BUILD=build/asan BIN=build/asan/bin OPT="-O1 -g" \
@@ -118,6 +119,10 @@ fuzz: $(foreach n,$(FUZZ_NAMES),$(FUZZ_DIR)/fuzz_$(n))
 	        { tail -n 60 $(FUZZ_DIR)/fuzz_$$n.log; echo "fuzz_$$n FAILED (log: $(FUZZ_DIR)/fuzz_$$n.log)"; exit 1; }; \
 	    grep -E "^(Done|stat::number_of_executed_units)" $(FUZZ_DIR)/fuzz_$$n.log || true; \
 	done
+
+BENCH_POOL ?= 4
+bench: deps all
+	MAILGATE_BIN=$(abspath $(BIN)/mailgate) bench/drain.sh $(BENCH_POOL)
 
 clean:
 	rm -rf $(BUILD) $(BIN)

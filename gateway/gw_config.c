@@ -105,6 +105,21 @@ int gw_config_load(struct gw_config *c)
         return -1;
     if (strncmp(c->public_url, "http://", 7) && strncmp(c->public_url, "https://", 8))
         return bad("MAILGATE_PUBLIC_URL", "must start with http:// or https://");
+    if (strcspn(c->public_url, " \"'<>\\") != strlen(c->public_url) || strchr(c->public_url, '?') ||
+        strchr(c->public_url, '#'))
+        return bad("MAILGATE_PUBLIC_URL", "must be a base URL without spaces, quotes, <>, ? or #");
+    /* tracking links are PUBLIC_URL + "/t/...": no trailing slash */
+    for (size_t n = strlen(c->public_url); n > 8 && c->public_url[n - 1] == '/'; n--)
+        c->public_url[n - 1] = '\0';
+    /* The token key: MAILGATE_SECRET, or (unset) one kept in Redis. */
+    const char *secret = getenv("MAILGATE_SECRET");
+    if (secret && *secret) {
+        size_t sl = strlen(secret);
+        if (sl < GW_SECRET_MIN || sl >= sizeof(c->secret))
+            return bad("MAILGATE_SECRET", "must have 16 to 255 characters (32 random bytes, hex or base64, are best)");
+        memcpy(c->secret, secret, sl + 1);
+        c->secret_len = sl;
+    }
     if (copy(c->log_level, sizeof(c->log_level), "MAILGATE_LOG_LEVEL", "info"))
         return -1;
     enum log_level lvl;
@@ -233,5 +248,12 @@ void gw_config_log(const struct gw_config *c)
     log_kv(LOG_INFO, "config", "listen", c->listen, "admin_listen", c->admin_listen, "redis_url",
            redis, "relays", relays, "helo", c->helo, "public_url", c->public_url, "max_age", age,
            "retention_days", days, "log_level", c->log_level, "max_message_size", maxmsg, "dkim_keys", dkim,
-           NULL);
+           "secret", c->secret_len ? "***" : "(generated, kept in Redis mg:secret)", NULL);
+    /* RFC 8058 §3.1: the one-click URI must be https. Sends with
+     * "unsubscribe": true still get the headers (development). */
+    if (!strncmp(c->public_url, "http://", 7))
+        log_kv(LOG_WARN, "public_url_not_https", "public_url", c->public_url, "reason",
+               "List-Unsubscribe one-click links (RFC 8058) need an https MAILGATE_PUBLIC_URL; "
+               "mail providers may ignore them over http",
+               NULL);
 }

@@ -286,6 +286,7 @@ static void attempt(struct queue *q, CURL *h, struct queue_wh_attempt *a)
         return;
     }
     int ok = res.code >= 200 && res.code < 300 && !res.error[0];
+    gw_count(ok ? GW_C_WEBHOOK_OK : GW_C_WEBHOOK_FAILED, 1);
     int64_t now = util_now_ms(), next = 0;
     enum queue_wh_outcome how = QUEUE_WH_DONE;
     int gave_up = 0;

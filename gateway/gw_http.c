@@ -23,6 +23,7 @@
 #include <strings.h>
 
 #include "common/buf.h"
+#include "common/hist.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -38,6 +39,7 @@ struct gw_conn {
     int busy;            /* refused: too many body bytes held server-wide */
     size_t held;         /* bytes of this body counted in gw_body_inflight */
     char request_id[40];
+    uint64_t started_us; /* hist_clock_us at the first byte: API latency */
 };
 
 static atomic_size_t gw_body_inflight;
@@ -98,16 +100,61 @@ static void unavailable(struct gw_resp *r)
     util_strlcpy(r->retry_after, "5", sizeof(r->retry_after));
 }
 
-/* authenticate - check "Authorization: Bearer <key>". 0 when the request
- * may go on; else the response is set. */
-static int authenticate(struct gw_req *req, struct gw_resp *resp, const char *scope)
+/* basic_api_key - the key in "Authorization: Basic base64(api:<key>)"
+ * (Mailgun's form) into key (QUEUE_KEY_MAX + 1 bytes). 0 or -1. */
+static int basic_api_key(const char *h, char *key)
 {
-    const char *h = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0 || strlen(h + 7) > QUEUE_KEY_MAX) {
-        gw_error(resp, 401, "unauthorized", NULL, "missing or malformed Authorization: Bearer <api key>");
+    if (!h || strncasecmp(h, "Basic ", 6) != 0)
         return -1;
+    h += 6;
+    while (*h == ' ')
+        h++;
+    size_t n = strlen(h);
+    if (n == 0 || n > (QUEUE_KEY_MAX + 4) * 4 / 3 + 4)
+        return -1;
+    unsigned char *raw = NULL;
+    size_t rawlen = 0;
+    char err[128];
+    if (mime_base64_decode(h, n, &raw, &rawlen, err, sizeof(err)) < 0)
+        return -1;
+    int rc = -1;
+    if (rawlen > 4 && rawlen - 4 <= QUEUE_KEY_MAX && !memcmp(raw, "api:", 4) && !memchr(raw, '\0', rawlen)) {
+        memcpy(key, raw + 4, rawlen - 4);
+        key[rawlen - 4] = '\0';
+        rc = 0;
     }
-    const char *key = h + 7;
+    free(raw);
+    return rc;
+}
+
+/* authenticate - find the key where the route's auth kind says (enum
+ * gw_auth: "Authorization: Bearer <key>" by default) and check it and
+ * the route's scope. 0 when the request may go on; else the response is
+ * set (401, 403, 503 in mailgate's shape; a compatible route reshapes). */
+static int authenticate(struct gw_req *req, struct gw_resp *resp, const char *scope, int auth)
+{
+    char basic[QUEUE_KEY_MAX + 1];
+    const char *key;
+    if (auth == GW_AUTH_POSTMARK) {
+        key = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "X-Postmark-Server-Token");
+        if (!key || !*key || strlen(key) > QUEUE_KEY_MAX) {
+            gw_error(resp, 401, "unauthorized", NULL, "missing or malformed X-Postmark-Server-Token: <api key>");
+            return -1;
+        }
+    } else if (auth == GW_AUTH_BASIC_API) {
+        if (basic_api_key(MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization"), basic) < 0) {
+            gw_error(resp, 401, "unauthorized", NULL, "missing or malformed Authorization: Basic api:<api key>");
+            return -1;
+        }
+        key = basic;
+    } else {
+        const char *h = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization");
+        if (!h || strncasecmp(h, "Bearer ", 7) != 0 || strlen(h + 7) > QUEUE_KEY_MAX) {
+            gw_error(resp, 401, "unauthorized", NULL, "missing or malformed Authorization: Bearer <api key>");
+            return -1;
+        }
+        key = h + 7;
+    }
     while (*key == ' ')
         key++;
     int rc = queue_key_check(req->q, key, &req->key);
@@ -155,6 +202,18 @@ struct gw_route {
     const char *scope;
     gw_handler handler;
     int idempotent;            /* honours the Idempotency-Key header */
+};
+
+/*
+ * How a compatible surface's route differs from a /v1 route, found by its
+ * handler (compat_of); a route without a row here is a plain /v1 route:
+ * Bearer key, JSON bodies only, mailgate's error shape.
+ */
+struct gw_route_compat {
+    gw_handler handler;
+    int auth;                  /* enum gw_auth: where the key is read */
+    int any_body;              /* POST bodies need not be JSON (the handler parses them) */
+    void (*shape)(struct gw_req *req, struct gw_resp *resp); /* mailgate errors -> the provider's shape */
 };
 
 static void h_healthz(struct gw_req *req, struct gw_resp *resp, const char *arg)
@@ -208,6 +267,11 @@ static void h_list_messages(struct gw_req *req, struct gw_resp *resp, const char
 static void h_list_events(struct gw_req *req, struct gw_resp *resp, const char *arg)
 {
     gw_list_events(req, resp);
+}
+
+static void h_stats(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_stats(req, resp);
 }
 
 static void h_supp_list(struct gw_req *req, struct gw_resp *resp, const char *arg)
@@ -280,17 +344,83 @@ static void h_openapi(struct gw_req *req, struct gw_resp *resp, const char *arg)
     gw_openapi(req, resp);
 }
 
+static void h_track_open(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_track_open(req, resp, arg);
+}
+
+static void h_track_click(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_track_click(req, resp, arg);
+}
+
+static void h_track_unsubscribe(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_track_unsubscribe(req, resp, arg);
+}
+
+static void h_pm_email(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_pm_email(req, resp);
+}
+
+static void h_pm_batch(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_pm_batch(req, resp);
+}
+
+static void h_pm_template(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_pm_template(req, resp);
+}
+
+static void h_pm_batch_template(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_pm_batch_template(req, resp);
+}
+
+static void h_sg_send(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_sg_send(req, resp);
+}
+
+static void h_rs_send(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_rs_send(req, resp);
+}
+
+static void h_rs_batch(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_rs_batch(req, resp);
+}
+
+static void h_rs_get(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_rs_get(req, resp, arg);
+}
+
+static void h_mg_send(struct gw_req *req, struct gw_resp *resp, const char *arg)
+{
+    gw_mg_send(req, resp, arg);
+}
+
 static const struct gw_route routes[] = {
     {"GET", "/healthz", NULL, h_healthz, 0},
     {"GET", "/readyz", NULL, h_readyz, 0},
     {"GET", "/metrics", NULL, h_metrics, 0},
     {"GET", "/v1/openapi.yaml", NULL, h_openapi, 0},
+    /* tracking and unsubscribe (gw_track.c): public, the token is the proof */
+    {"GET", "/t/o/*", NULL, h_track_open, 0},
+    {"GET", "/t/c/*", NULL, h_track_click, 0},
+    {"GET", "/t/u/*", NULL, h_track_unsubscribe, 0},
+    {"POST", "/t/u/*", NULL, h_track_unsubscribe, 0},
     {"POST", "/v1/messages", "send", h_send, 1},
     {"POST", "/v1/messages/batch", "send", h_send_batch, 1},
     {"GET", "/v1/messages", "read", h_list_messages, 0},
     {"GET", "/v1/messages/*", "read", h_get_message, 0},
     {"DELETE", "/v1/messages/*", "send", h_cancel, 0},
     {"GET", "/v1/events", "read", h_list_events, 0},
+    {"GET", "/v1/stats", "read", h_stats, 0},
     {"GET", "/v1/suppressions", "suppressions", h_supp_list, 0},
     {"POST", "/v1/suppressions", "suppressions", h_supp_add, 0},
     {"DELETE", "/v1/suppressions/*", "suppressions", h_supp_delete, 0},
@@ -303,8 +433,42 @@ static const struct gw_route routes[] = {
     {"GET", "/v1/webhooks", "webhooks", h_wh_list, 0},
     {"GET", "/v1/webhooks/*/deliveries", "webhooks", h_wh_deliveries, 0},
     {"DELETE", "/v1/webhooks/*", "webhooks", h_wh_delete, 0},
+    /* compatible surfaces (gw_compat_*.c; see compat_routes) */
+    {"POST", "/email", "send", h_pm_email, 0},
+    {"POST", "/email/batch", "send", h_pm_batch, 0},
+    {"POST", "/email/withTemplate", "send", h_pm_template, 0},
+    {"POST", "/email/batchWithTemplates", "send", h_pm_batch_template, 0},
+    {"POST", "/v3/mail/send", "send", h_sg_send, 0},
+    {"POST", "/emails", "send", h_rs_send, 1},
+    {"POST", "/emails/batch", "send", h_rs_batch, 1},
+    {"GET", "/emails/*", "read", h_rs_get, 0},
+    {"POST", "/v3/*/messages", "send", h_mg_send, 0},
     {NULL, NULL, NULL, NULL, 0},
 };
+
+static const struct gw_route_compat compat_routes[] = {
+    {h_pm_email, GW_AUTH_POSTMARK, 0, gw_pm_shape},
+    {h_pm_batch, GW_AUTH_POSTMARK, 0, gw_pm_shape},
+    {h_pm_template, GW_AUTH_POSTMARK, 0, gw_pm_shape},
+    {h_pm_batch_template, GW_AUTH_POSTMARK, 0, gw_pm_shape},
+    {h_sg_send, GW_AUTH_BEARER, 0, gw_sg_shape},
+    {h_rs_send, GW_AUTH_BEARER, 0, gw_rs_shape},
+    {h_rs_batch, GW_AUTH_BEARER, 0, gw_rs_shape},
+    {h_rs_get, GW_AUTH_BEARER, 0, gw_rs_shape},
+    {h_mg_send, GW_AUTH_BASIC_API, 1, gw_mg_shape},
+    {NULL, 0, 0, NULL},
+};
+
+/* compat_of - the compatible-surface settings of route r; a /v1 route
+ * gets the defaults (all zero). */
+static const struct gw_route_compat *compat_of(const struct gw_route *r)
+{
+    static const struct gw_route_compat plain = {NULL, GW_AUTH_BEARER, 0, NULL};
+    for (const struct gw_route_compat *c = compat_routes; r && c->handler; c++)
+        if (c->handler == r->handler)
+            return c;
+    return &plain;
+}
 
 /* route_match - 1 when path matches pattern; the first "*" segment is
  * copied into arg (arglen bytes). */
@@ -385,38 +549,58 @@ static void idempotent_call(const struct gw_route *r, struct gw_req *req, struct
 static void route(struct gw_req *req, struct gw_resp *resp)
 {
     const char *m = !strcmp(req->method, "HEAD") ? "GET" : req->method;
-    char arg[1024];
-    int path_known = 0;
+    char arg[GW_TRACK_TOKEN_MAX + 1]; /* a click token is the longest segment */
+    const struct gw_route *path_known = NULL;
     for (const struct gw_route *r = routes; r->method; r++) {
         if (!route_match(r->pattern, req->path, arg, sizeof(arg)))
             continue;
-        path_known = 1;
+        if (!path_known)
+            path_known = r;
         if (strcmp(r->method, m) != 0)
             continue;
         if (!strcmp(m, "POST") && atomic_load(&gw_draining)) {
             gw_error(resp, 503, "shutting_down", NULL, "this instance is shutting down; retry shortly");
             util_strlcpy(resp->retry_after, "2", sizeof(resp->retry_after));
-            return;
+            goto shaped;
         }
         if (r->scope) {
             if (!req->q) {
                 unavailable(resp);
-                return;
+                goto shaped;
             }
-            if (authenticate(req, resp, r->scope) < 0)
-                return;
+            if (authenticate(req, resp, r->scope, compat_of(r)->auth) < 0)
+                goto shaped;
         }
         const char *ikey = r->idempotent ? MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Idempotency-Key") : NULL;
         if (ikey)
             idempotent_call(r, req, resp, arg, ikey);
         else
             r->handler(req, resp, arg);
+    shaped:
+        /* A compatible surface answers every error in its provider's
+         * shape (its own handler's answers pass through unchanged). */
+        if (compat_of(r)->shape)
+            compat_of(r)->shape(req, resp);
         return;
     }
-    if (path_known)
+    if (path_known) {
         gw_error(resp, 405, "method_not_allowed", NULL, "method %s not allowed here", req->method);
-    else
+        if (compat_of(path_known)->shape)
+            compat_of(path_known)->shape(req, resp);
+    } else
         gw_error(resp, 404, "not_found", NULL, "no such route");
+}
+
+/* route_for - the first route whose pattern matches path and whose method
+ * is method (HEAD as GET), or NULL. */
+static const struct gw_route *route_for(const char *method, const char *path)
+{
+    const char *m = !strcmp(method, "HEAD") ? "GET" : method;
+    char arg[GW_TRACK_TOKEN_MAX + 1]; /* as in route() */
+    for (const struct gw_route *r = routes; r->method; r++)
+        if (!strcmp(r->method, m) && route_match(r->pattern, path, arg, sizeof(arg)))
+            return r;
+    return NULL;
 }
 
 static enum MHD_Result send_resp(struct MHD_Connection *conn, struct gw_conn *gc, struct gw_resp *r)
@@ -424,13 +608,14 @@ static enum MHD_Result send_resp(struct MHD_Connection *conn, struct gw_conn *gc
     char *text = NULL;
     size_t len = 0;
     gw_count_http(r->status);
+    gw_observe_api(hist_clock_us() - gc->started_us);
     if (r->body) {
         text = json_dumps(r->body, JSON_COMPACT | JSON_ENCODE_ANY);
         len = text ? strlen(text) : 0;
     } else if (r->text) {
         text = r->text;
         r->text = NULL;
-        len = strlen(text);
+        len = r->text_len ? r->text_len : strlen(text);
     }
     struct MHD_Response *mr =
         MHD_create_response_from_buffer(len, text ? text : (void *)"", text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
@@ -443,6 +628,27 @@ static enum MHD_Result send_resp(struct MHD_Connection *conn, struct gw_conn *gc
         MHD_add_response_header(mr, "Retry-After", r->retry_after);
     if (r->replayed)
         MHD_add_response_header(mr, "Idempotent-Replayed", "true");
+    if (r->rl_set) {
+        char v[32];
+        snprintf(v, sizeof(v), "%ld", r->rl_limit);
+        MHD_add_response_header(mr, "X-RateLimit-Limit", v);
+        snprintf(v, sizeof(v), "%ld", r->rl_remaining);
+        MHD_add_response_header(mr, "X-RateLimit-Remaining", v);
+        snprintf(v, sizeof(v), "%lld", (long long)r->rl_reset_s);
+        MHD_add_response_header(mr, "X-RateLimit-Reset", v);
+    }
+    if (r->location) {
+        MHD_add_response_header(mr, "Location", r->location);
+        free(r->location);
+        r->location = NULL;
+    }
+    if (r->no_store) {
+        MHD_add_response_header(mr, "Cache-Control", "no-store, no-cache, must-revalidate, max-age=0");
+        MHD_add_response_header(mr, "Pragma", "no-cache");
+        MHD_add_response_header(mr, "Expires", "0");
+    }
+    if (r->message_id[0])
+        MHD_add_response_header(mr, "X-Message-Id", r->message_id);
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned)r->status, mr);
     MHD_destroy_response(mr);
     json_decref(r->body);
@@ -459,6 +665,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         gc = calloc(1, sizeof(*gc));
         if (!gc)
             return MHD_NO;
+        gc->started_us = hist_clock_us();
         buf_init(&gc->body, GW_BODY_MAX);
         char id[33];
         util_new_id(id);
@@ -512,16 +719,31 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         .cfg = gw_cfg,
         .conn = conn,
     };
-    if (!strcmp(method, "POST") && !is_json_type(req.content_type))
+    int has_body = !strcmp(method, "POST") || !strcmp(method, "PUT") || !strcmp(method, "PATCH");
+    const struct gw_route *rt = has_body ? route_for(method, url) : NULL;
+    /* /t/ routes are public pages and one-click unsubscribe POSTs
+     * (RFC 8058: a form body), never JSON */
+    if (has_body && !is_json_type(req.content_type) && !compat_of(rt)->any_body &&
+        strncmp(url, "/t/", 3) != 0) {
         gw_error(&r, 415, "unsupported_media_type", NULL, "send the body as application/json");
-    else
+        if (compat_of(rt)->shape)
+            compat_of(rt)->shape(&req, &r);
+    } else {
         route(&req, &r);
+    }
     if (!r.status)
         gw_error(&r, 500, "internal", NULL, "no response");
     char status[8];
     snprintf(status, sizeof(status), "%d", r.status);
+    /* a tracking token names a recipient and unsubscribes it: not logged */
+    char shown[16];
+    if (!strncmp(url, "/t/", 3) && strlen(url) > 5)
+        snprintf(shown, sizeof(shown), "%.5s...", url);
+    char dur[24];
+    snprintf(dur, sizeof(dur), "%llu", (unsigned long long)((hist_clock_us() - gc->started_us) / 1000));
     log_kv(r.status >= 500 ? LOG_WARN : LOG_DEBUG, "http", "request_id", gc->request_id, "method",
-           method, "path", url, "status", status, "tenant", req.key.tenant[0] ? req.key.tenant : NULL, NULL);
+           method, "path", !strncmp(url, "/t/", 3) && strlen(url) > 5 ? shown : url, "status", status, "tenant",
+           req.key.tenant[0] ? req.key.tenant : NULL, "duration_ms", dur, NULL);
     return send_resp(conn, gc, &r);
 }
 

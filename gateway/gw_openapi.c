@@ -1,7 +1,7 @@
 /*
  * gw_openapi.c - GET /v1/openapi.yaml: the OpenAPI description of the API.
  *
- * The document is gateway/openapi.yaml, turned into a byte array at build
+ * The document is docs/openapi.yaml, turned into a byte array at build
  * time (the Makefile writes $(BUILD)/gen/openapi_yaml.c), so the binary
  * always serves the description it was built with and reads no file at
  * run time (the container's root filesystem is read-only).

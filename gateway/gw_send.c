@@ -9,12 +9,20 @@
  * Attachments are base64-decoded and checked here; the rendered message is
  * bounded by MAILGATE_MAX_MESSAGE_SIZE (413) and DKIM-signed last, when the
  * From domain has a key and the tenant's allowed_from names that domain.
+ * With track_opens, track_clicks or unsubscribe, each recipient gets a copy
+ * of its own, rendered with tokens that name it (gw_track.c): links and
+ * the open pixel in the html part (templates/mime_track.c), and the RFC
+ * 8058 List-Unsubscribe headers; each copy is DKIM-signed and queued with a
+ * job of its own, all in the same one transaction. Without the flags the
+ * one shared body is queued as before.
  * SECURITY: every value that becomes a header or an SMTP command is
- * refused when it holds CR or LF; owned headers cannot be set by callers.
+ * refused when it holds CR or LF; owned headers cannot be set by callers
+ * (List-Unsubscribe* included: only the gateway writes those).
  */
 #include "gateway/gw.h"
 
 #include <ctype.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +31,8 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "templates/mime.h"
+
+static int json_scan(const char *p, size_t n, int max, char *field, size_t fieldlen);
 
 #define GW_TAG_MAX 256 /* characters in one tag */
 
@@ -49,10 +59,13 @@ struct send {
     int64_t send_at_ms;
     struct mime_attachment *att; /* decoded attachments, owned */
     size_t natt;
+    int track_opens, track_clicks, unsubscribe;
+    json_t *tenant;              /* the tenant's settings (limits), owned */
 };
 
 static void send_free(struct send *s)
 {
+    json_decref(s->tenant);
     mime_addr_free(&s->from);
     mime_addr_list_free(&s->to);
     mime_addr_list_free(&s->cc);
@@ -90,30 +103,6 @@ static size_t utf8_chars(const char *p)
     return n;
 }
 
-static int json_depth(json_t *v)
-{
-    int d = 0;
-    const char *k;
-    size_t i;
-    json_t *c;
-    if (json_is_object(v)) {
-        json_object_foreach(v, k, c) {
-            int cd = json_depth(c);
-            if (cd > d)
-                d = cd;
-        }
-        return d + 1;
-    }
-    if (json_is_array(v)) {
-        json_array_foreach(v, i, c) {
-            int cd = json_depth(c);
-            if (cd > d)
-                d = cd;
-        }
-        return d + 1;
-    }
-    return 0;
-}
 
 /* string_field - an optional string member: NULL when absent; -1 (and the
  * error set) when present but not a clean string. max is in characters. */
@@ -163,7 +152,7 @@ static int addr_item(struct send *s, json_t *v, const char *field, struct mime_a
                 return fail(s, f, "%sis not a known field (email, name)", "");
             }
             if (!json_is_string(m) && !(json_is_null(m) && !strcmp(k, "name")))
-                return fail(s, field, "%s: email and name must be strings", "");
+                return fail(s, field, "%smust have a string email and name", "");
             if (json_is_string(m) && strlen(json_string_value(m)) != json_string_length(m))
                 return fail(s, field, "%smust not contain NUL characters", "");
         }
@@ -233,12 +222,12 @@ static int headers_field(struct send *s, json_t *o)
         snprintf(field, sizeof(field), "headers.%.200s", k);
         size_t kl = strlen(k);
         if (kl == 0 || kl > 76)
-            return fail(s, field, "%s: a header name has 1 to 76 characters", "");
+            return fail(s, field, "%sis not a valid header name: 1 to 76 characters", "");
         for (const char *p = k; *p; p++)
             if ((unsigned char)*p < 33 || (unsigned char)*p > 126 || *p == ':')
-                return fail(s, field, "%s: not a valid header name (RFC 5322 §3.6.8)", "");
+                return fail(s, field, "%sis not a valid header name (RFC 5322 §3.6.8)", "");
         if (header_owned(k))
-            return fail(s, field, "%s: mailgate sets this header itself", "");
+            return fail(s, field, "%sis set by mailgate itself and cannot be given", "");
         if (!json_is_string(val))
             return fail(s, field, "%smust be a string", "");
         const char *str = json_string_value(val);
@@ -268,7 +257,7 @@ static int attachments_field(struct send *s, json_t *o)
         return fail(s, "attachments", "%shas more than 100 items", "");
     s->att = calloc(json_array_size(v) + 1, sizeof(*s->att));
     if (!s->att)
-        return fail(s, "attachments", "%s: out of memory", "");
+        return fail(s, "attachments", "%scould not be stored (out of memory)", "");
     size_t i;
     json_t *item;
     json_array_foreach(v, i, item) {
@@ -357,6 +346,25 @@ static int tags_metadata(struct send *s, json_t *o)
     return 0;
 }
 
+/* domain_listed - 1 when the comma-separated list (a tenant's
+ * allowed_from: "a.com, @b.com") names domain, case-insensitively. */
+static int domain_listed(const char *list, const char *domain)
+{
+    size_t dl = strlen(domain);
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',' || *p == '@')
+            p++;
+        size_t n = strcspn(p, ",");
+        size_t t = n;
+        while (t > 0 && p[t - 1] == ' ')
+            t--;
+        if (t == dl && t && !strncasecmp(p, domain, dl))
+            return 1;
+        p += n;
+    }
+    return 0;
+}
+
 /* validate - check the whole request into s. 0, or -1 with resp set. */
 static int validate(struct send *s, json_t *o)
 {
@@ -378,9 +386,10 @@ static int validate(struct send *s, json_t *o)
         json_t *b = json_object_get(o, *f);
         if (b && !json_is_boolean(b) && !json_is_null(b))
             return fail(s, *f, "%smust be true or false", "");
-        if (json_is_true(b) && strcmp(*f, "strict") != 0)
-            return fail(s, *f, "%sis not supported by this version", "");
     }
+    s->track_opens = json_is_true(json_object_get(o, "track_opens"));
+    s->track_clicks = json_is_true(json_object_get(o, "track_clicks"));
+    s->unsubscribe = json_is_true(json_object_get(o, "unsubscribe"));
 
     json_t *from = json_object_get(o, "from");
     if (!from || json_is_null(from))
@@ -408,18 +417,24 @@ static int validate(struct send *s, json_t *o)
     size_t total = s->to.n + s->cc.n + s->bcc.n;
     if (total == 0)
         return fail(s, "to", "%sneeds at least one recipient (to, cc or bcc)", "");
-    json_t *tenant = NULL;
     long maxr = GW_RCPTS_MAX;
-    if (queue_tenant_get(s->req->q, s->req->key.tenant, &tenant) == 0) {
-        const char *mr = json_string_value(json_object_get(tenant, "max_recipients"));
-        if (mr && atol(mr) > 0)
-            maxr = atol(mr);
-        json_decref(tenant);
+    if (!s->tenant && queue_tenant_get(s->req->q, s->req->key.tenant, &s->tenant) < 0) {
+        gw_error(s->resp, 503, "unavailable", NULL, "the queue store (Redis) is unavailable; nothing was queued");
+        util_strlcpy(s->resp->retry_after, "5", sizeof(s->resp->retry_after));
+        return -1;
     }
+    const char *mr = json_string_value(json_object_get(s->tenant, "max_recipients"));
+    if (mr && atol(mr) > 0)
+        maxr = atol(mr);
+    /* --allowed-from: a tenant that names its domains sends from no other */
+    const char *allowed = json_string_value(json_object_get(s->tenant, "allowed_from"));
+    const char *fat = strrchr(s->from.email, '@');
+    if (allowed && *allowed && (!fat || !domain_listed(allowed, fat + 1)))
+        return fail(s, "from", "uses a domain this tenant may not send from (allowed: %s)", allowed);
     if ((long)total > maxr) {
         char n[32];
         snprintf(n, sizeof(n), "%ld", maxr);
-        return fail(s, "to", "more than %s recipients (to + cc + bcc)", n);
+        return fail(s, "to", "has more than %s recipients (to + cc + bcc)", n);
     }
 
     /* template/data/strict: the rendered parts replace subject, text and
@@ -432,7 +447,7 @@ static int validate(struct send *s, json_t *o)
     if (!s->subject)
         return fail(s, "subject", "%sis required", "");
     if (!s->text && !s->html)
-        return fail(s, "text", "%sa message needs text or html", "");
+        return fail(s, "text", "%sis required when there is no html", "");
     if (headers_field(s, o) < 0 || attachments_field(s, o) < 0 || tags_metadata(s, o) < 0)
         return -1;
 
@@ -453,24 +468,6 @@ static int validate(struct send *s, json_t *o)
 
 /* add_rcpts - envelope recipients in order, each address once
  * (case-insensitively: the same mailbox in To and Bcc is sent once). */
-/* domain_listed - 1 when the comma-separated list (a tenant's
- * allowed_from: "a.com, @b.com") names domain, case-insensitively. */
-static int domain_listed(const char *list, const char *domain)
-{
-    size_t dl = strlen(domain);
-    for (const char *p = list; *p;) {
-        while (*p == ' ' || *p == ',' || *p == '@')
-            p++;
-        size_t n = strcspn(p, ",");
-        size_t t = n;
-        while (t > 0 && p[t - 1] == ' ')
-            t--;
-        if (t == dl && t && !strncasecmp(p, domain, dl))
-            return 1;
-        p += n;
-    }
-    return 0;
-}
 
 /* dkim_sign - sign body with the key of the From domain, if there is one
  * and the tenant's allowed_from names that domain: a key never signs for
@@ -482,15 +479,8 @@ static int dkim_sign(struct send *s, struct buf *body, int64_t now_ms)
     const struct mime_dkim_key *key = at ? mime_dkim_key_for(s->req->cfg->dkim, at + 1) : NULL;
     if (!key)
         return 0;
-    json_t *tenant = NULL;
-    if (queue_tenant_get(s->req->q, s->req->key.tenant, &tenant) < 0) {
-        gw_error(s->resp, 503, "unavailable", NULL, "the queue store (Redis) is unavailable; nothing was queued");
-        util_strlcpy(s->resp->retry_after, "5", sizeof(s->resp->retry_after));
-        return -1;
-    }
-    const char *allowed = json_string_value(json_object_get(tenant, "allowed_from"));
+    const char *allowed = json_string_value(json_object_get(s->tenant, "allowed_from"));
     int ok = allowed && domain_listed(allowed, at + 1);
-    json_decref(tenant);
     if (!ok)
         return 0;
     char err[256] = "";
@@ -543,20 +533,229 @@ static int mark_suppressed(struct gw_req *req, struct gw_resp *resp, struct queu
     return rc;
 }
 
+/* ---- personal copies (tracking, unsubscribe) --------------------------- */
+
+/* What the link callback needs to sign a click token for one recipient. */
+struct link_ctx {
+    const unsigned char *key;
+    size_t keylen;
+    const char *public_url;
+    struct gw_token *t;       /* tenant, message id, recipient set; url per link */
+};
+
+/* track_url - append public_url "/t/{kind}/" token for *t to out. 0 / -1. */
+static int track_url(const char *public_url, const unsigned char *key, size_t keylen, const struct gw_token *t,
+                     struct buf *out)
+{
+    if (buf_printf(out, "%s/t/%c/", public_url, t->kind) < 0)
+        return -1;
+    return gw_token_sign(key, keylen, t, out);
+}
+
+/* link_cb - mime_track_link_fn: the click URL for one link, or 1 (leave it)
+ * when its URL cannot be signed (control characters). */
+static int link_cb(void *ctx, const char *url, size_t len, struct buf *out)
+{
+    struct link_ctx *c = ctx;
+    if (len > MIME_TRACK_URL_MAX || memchr(url, '\0', len))
+        return 1;
+    memcpy(c->t->url, url, len);
+    c->t->url[len] = '\0';
+    size_t before = out->len;
+    int rc = track_url(c->public_url, c->key, c->keylen, c->t, out);
+    c->t->url[0] = '\0';
+    if (rc < 0) {
+        if (out->data) {
+            out->len = before;
+            out->data[before] = '\0';
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* render_error - answer a failed mime_build of a copy as the shared path
+ * does: 413 when too large, else 422. */
+static void render_error(struct send *s, const char *err)
+{
+    if (strstr(err, "too large"))
+        gw_error(s->resp, 413, "message_too_large", NULL,
+                 "the rendered message exceeds %zu bytes (MAILGATE_MAX_MESSAGE_SIZE)", s->req->cfg->max_message);
+    else
+        gw_error(s->resp, 422, "validation_error", NULL, "cannot render the message: %s", err);
+}
+
+/* build_copy - render the copy of base for token owner t (kind changed
+ * here) into body, DKIM-signed. 0, or -1 with resp set. */
+static int build_copy(struct send *s, const struct mime_message *base, const unsigned char *key, size_t keylen,
+                      struct gw_token *t, struct buf *body, int64_t now)
+{
+    const char *pub = s->req->cfg->public_url;
+    struct buf links, html, unsub;
+    buf_init(&links, s->req->cfg->max_message);
+    buf_init(&html, s->req->cfg->max_message);
+    buf_init(&unsub, 0);
+    struct mime_header_field *hdrs = calloc(s->nheaders + 2, sizeof(*hdrs));
+    int rc = hdrs ? 0 : -1;
+    const char *h = s->html;
+    if (rc == 0 && h && s->track_clicks) {
+        struct link_ctx lc = {.key = key, .keylen = keylen, .public_url = pub, .t = t};
+        t->kind = 'c';
+        rc = mime_track_links(h, strlen(h), link_cb, &lc, &links);
+        h = links.data ? links.data : "";
+    }
+    if (rc == 0 && h && s->track_opens) {
+        struct buf px;
+        buf_init(&px, 0);
+        t->kind = 'o';
+        rc = track_url(pub, key, keylen, t, &px);
+        if (rc == 0)
+            rc = mime_track_pixel(h, strlen(h), px.data, &html);
+        h = html.data ? html.data : "";
+        buf_free(&px);
+    }
+    size_t nh = s->nheaders;
+    if (rc == 0 && hdrs) {
+        if (s->nheaders)
+            memcpy(hdrs, s->headers, s->nheaders * sizeof(*hdrs));
+        if (s->unsubscribe) {
+            /* RFC 2369 and RFC 8058 §3.1: one https URI, and the POST key */
+            t->kind = 'u';
+            rc = buf_putc(&unsub, '<') < 0 || track_url(pub, key, keylen, t, &unsub) < 0 || buf_putc(&unsub, '>') < 0
+                     ? -1
+                     : 0;
+            hdrs[nh].name = (char *)"List-Unsubscribe";
+            hdrs[nh++].value = unsub.data;
+            hdrs[nh].name = (char *)"List-Unsubscribe-Post";
+            hdrs[nh++].value = (char *)"List-Unsubscribe=One-Click";
+        }
+    }
+    if (rc < 0) {
+        gw_error(s->resp, 413, "message_too_large", NULL,
+                 "the message with its tracking links exceeds %zu bytes (MAILGATE_MAX_MESSAGE_SIZE)",
+                 s->req->cfg->max_message);
+    } else {
+        struct mime_message mm = *base;
+        mm.html = h;
+        mm.headers = hdrs;
+        mm.nheaders = nh;
+        char err[256] = "";
+        if (mime_build(&mm, body, err, sizeof(err)) < 0) {
+            render_error(s, err);
+            rc = -1;
+        } else {
+            rc = dkim_sign(s, body, now);
+        }
+    }
+    free(hdrs);
+    buf_free(&links);
+    buf_free(&html);
+    buf_free(&unsub);
+    return rc;
+}
+
+/* build_copies - one copy per recipient that is not suppressed into
+ * bodies[i] (rcpts[i].body then points into it). The copies together may
+ * hold at most GW_COPIES_BYTES_MAX. 0, or -1 with resp set (413, 422, 503). */
+static int build_copies(struct send *s, const struct mime_message *base, const char *id, struct queue_rcpt *rcpts,
+                        size_t nr, struct buf *bodies, int64_t now)
+{
+    unsigned char key[GW_TRACK_KEY_MAX];
+    size_t keylen = 0;
+    if (gw_track_key(s->req->cfg, s->req->q, key, &keylen) < 0) {
+        gw_error(s->resp, 503, "unavailable", NULL, "the queue store (Redis) is unavailable; nothing was queued");
+        util_strlcpy(s->resp->retry_after, "5", sizeof(s->resp->retry_after));
+        return -1;
+    }
+    struct gw_token *t = calloc(1, sizeof(*t));
+    int rc = t ? 0 : -1;
+    if (!t)
+        gw_error(s->resp, 500, "internal", NULL, "out of memory");
+    size_t total = 0;
+    for (size_t i = 0; rc == 0 && i < nr; i++) {
+        if (!strcmp(rcpts[i].status, "suppressed"))
+            continue;
+        memset(t, 0, sizeof(*t));
+        util_strlcpy(t->tenant, s->req->key.tenant, sizeof(t->tenant));
+        util_strlcpy(t->msg_id, id, sizeof(t->msg_id));
+        if (util_strlcpy(t->rcpt, rcpts[i].email, sizeof(t->rcpt)) >= sizeof(t->rcpt)) {
+            gw_error(s->resp, 422, "validation_error", NULL, "a recipient address is too long to track");
+            rc = -1;
+            break;
+        }
+        buf_init(&bodies[i], s->req->cfg->max_message);
+        rc = build_copy(s, base, key, keylen, t, &bodies[i], now);
+        total += bodies[i].len;
+        if (rc == 0 && total > GW_COPIES_BYTES_MAX) {
+            gw_error(s->resp, 413, "message_too_large", NULL,
+                     "the recipients' personal copies (tracking, unsubscribe) together exceed %zu bytes; "
+                     "send fewer recipients per message",
+                     GW_COPIES_BYTES_MAX);
+            rc = -1;
+        }
+        rcpts[i].body = bodies[i].data;
+        rcpts[i].bodylen = bodies[i].len;
+    }
+    OPENSSL_cleanse(key, sizeof(key));
+    free(t);
+    return rc;
+}
+
+/* take_limits - count this message against the tenant's --rate (per
+ * second) and --daily limits; 0, or -1 with 429 (or 503) set. The
+ * X-RateLimit-* headers go on the answer either way. */
+static int take_limits(struct send *s)
+{
+    const char *rate_s = json_string_value(json_object_get(s->tenant, "rate"));
+    const char *daily_s = json_string_value(json_object_get(s->tenant, "daily"));
+    long rate = rate_s ? atol(rate_s) : 0, daily = daily_s ? atol(daily_s) : 0;
+    if (rate <= 0 && daily <= 0)
+        return 0;
+    struct queue_limit_result lr;
+    if (queue_limits_take(s->req->q, s->req->key.tenant, rate, daily, 1, &lr) < 0) {
+        gw_error(s->resp, 503, "unavailable", NULL, "the queue store (Redis) is unavailable; nothing was queued");
+        util_strlcpy(s->resp->retry_after, "5", sizeof(s->resp->retry_after));
+        return -1;
+    }
+    int64_t wait_ms = lr.reset_ms - util_now_ms();
+    s->resp->rl_set = 1;
+    s->resp->rl_limit = lr.daily || rate <= 0 ? daily : rate;
+    s->resp->rl_remaining = lr.remaining;
+    s->resp->rl_reset_s = wait_ms > 0 ? (wait_ms + 999) / 1000 : 0;
+    if (lr.allowed)
+        return 0;
+    gw_error(s->resp, 429, "rate_limited", NULL, "%s limit of %ld messages reached; retry later",
+             lr.daily ? "the daily" : "the per-second", lr.daily ? daily : rate);
+    snprintf(s->resp->retry_after, sizeof(s->resp->retry_after), "%lld", (long long)(s->resp->rl_reset_s ? s->resp->rl_reset_s : 1));
+    return -1;
+}
+
 /* parse_body - the request body as JSON (duplicate keys refused), or NULL
  * with a 400 set. */
 static json_t *parse_body(struct gw_req *req, struct gw_resp *resp)
 {
+    /* Depth first, on the raw bytes: jansson itself stops at 2048 levels
+     * with a parse error, and we want to name the member at fault. */
+    char field[128];
+    if (gw_json_too_deep(req->body, req->bodylen, GW_JSON_DEPTH_MAX, field, sizeof(field))) {
+        gw_error(resp, 422, "validation_error", field[0] ? field : NULL, "%s is nested deeper than %d levels",
+                 field[0] ? field : "the body", GW_JSON_DEPTH_MAX);
+        return NULL;
+    }
     json_error_t jerr;
-    json_t *o = json_loadb(req->body, req->bodylen, JSON_REJECT_DUPLICATES, &jerr);
-    if (!o)
+    /* NUL inside strings is let through the parser so that validation can
+     * name the field it is in (422); NUL in a key cannot be represented. */
+    json_t *o = json_loadb(req->body, req->bodylen, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    if (!o && strstr(jerr.text, "NUL byte in object key")) {
+        /* name the top-level member the bad key sits in */
+        const char *nul = memmem(req->body, req->bodylen, "\\u0000", 6);
+        json_scan(req->body, nul ? (size_t)(nul - req->body) : 0, 0, field, sizeof(field));
+        gw_error(resp, 422, "validation_error", field[0] ? field : NULL, "a member name in %s contains a NUL character",
+                 field[0] ? field : "the body");
+    }
+    else if (!o)
         gw_error(resp, 400, "invalid_json", NULL, "body is not valid JSON: %s (line %d, column %d)",
                  jerr.text, jerr.line, jerr.column);
-    else if (json_depth(o) > GW_JSON_DEPTH_MAX) {
-        gw_error(resp, 422, "validation_error", NULL, "JSON nesting deeper than %d", GW_JSON_DEPTH_MAX);
-        json_decref(o);
-        o = NULL;
-    }
     return o;
 }
 
@@ -656,8 +855,11 @@ void gw_send_object(struct gw_req *req, json_t *o, struct gw_resp *resp)
         buf_free(&body);
         goto out;
     }
-    /* DKIM last: the signature covers exactly the bytes that are queued. */
-    if (dkim_sign(&s, &body, now) < 0) {
+    /* DKIM last: the signature covers exactly the bytes that are queued.
+     * Personal copies are signed one by one below; the body built above
+     * then only proved the message renders (and fits). */
+    int personal = s.track_opens || s.track_clicks || s.unsubscribe;
+    if (!personal && dkim_sign(&s, &body, now) < 0) {
         buf_free(&body);
         goto out;
     }
@@ -669,6 +871,26 @@ void gw_send_object(struct gw_req *req, json_t *o, struct gw_resp *resp)
     add_rcpts(rcpts, &nr, &s.cc, st);
     add_rcpts(rcpts, &nr, &s.bcc, st);
     if (mark_suppressed(req, resp, rcpts, nr) < 0) {
+        free(rcpts);
+        buf_free(&body);
+        goto out;
+    }
+    struct buf *copies = NULL;
+    if (personal) {
+        buf_free(&body);
+        copies = calloc(nr ? nr : 1, sizeof(*copies));
+        if (!copies || build_copies(&s, &mm, id, rcpts, nr, copies, now) < 0) {
+            if (!copies)
+                gw_error(resp, 500, "internal", NULL, "out of memory");
+            for (size_t i = 0; copies && i < nr; i++)
+                buf_free(&copies[i]);
+            free(copies);
+            free(rcpts);
+            goto out;
+        }
+    }
+
+    if (take_limits(&s) < 0) {
         free(rcpts);
         buf_free(&body);
         goto out;
@@ -685,9 +907,12 @@ void gw_send_object(struct gw_req *req, json_t *o, struct gw_resp *resp)
         .id = id, .tenant = req->key.tenant, .created_ms = now, .from = from_plain,
         .subject = s.subject, .tags = s.tags, .metadata = s.metadata,
         .mail_from = s.from.email, .rcpts = rcpts, .nrcpts = nr,
-        .body = body.data, .bodylen = body.len, .due_ms = s.send_at_ms,
+        .body = body.data, .bodylen = body.len, .due_ms = s.send_at_ms, .personal = personal,
     };
-    if (queue_message_enqueue(req->q, &qm) < 0) {
+    /* An EXEC whose reply was lost (Redis went away) may have committed:
+     * look before saying "nothing was queued", or a retrying client would
+     * send the message twice. */
+    if (queue_message_enqueue(req->q, &qm) < 0 && queue_message_exists(req->q, id) != 1) {
         gw_error(resp, 503, "unavailable", NULL, "the queue store (Redis) is unavailable; nothing was queued");
         util_strlcpy(resp->retry_after, "5", sizeof(resp->retry_after));
     } else {
@@ -696,12 +921,90 @@ void gw_send_object(struct gw_req *req, json_t *o, struct gw_resp *resp)
             json_array_append_new(list, json_pack("{s:s, s:s}", "email", rcpts[i].email, "status", rcpts[i].status));
         resp->status = 202;
         resp->body = json_pack("{s:s, s:s, s:o}", "id", id, "status", st, "recipients", list);
+        unsigned long nsupp = 0;
+        for (size_t i = 0; i < nr; i++)
+            nsupp += !strcmp(rcpts[i].status, "suppressed");
+        gw_count(GW_C_ACCEPTED, 1);
+        gw_count(GW_C_SUPPRESSED, nsupp);
         char size[24];
-        snprintf(size, sizeof(size), "%zu", body.len);
-        log_kv(LOG_INFO, "message_queued", "message_id", id, "tenant", req->key.tenant, "size", size, NULL);
+        size_t bytes = body.len;
+        for (size_t i = 0; copies && i < nr; i++)
+            bytes += copies[i].len;
+        snprintf(size, sizeof(size), "%zu", bytes);
+        log_kv(LOG_INFO, "message_queued", "message_id", id, "tenant", req->key.tenant, "size", size,
+               "copies", personal ? "per_recipient" : NULL, NULL);
     }
+    for (size_t i = 0; copies && i < nr; i++)
+        buf_free(&copies[i]);
+    free(copies);
     free(rcpts);
     buf_free(&body);
 out:
     send_free(&s);
+}
+
+/* json_scan - walk raw JSON text up to n bytes; returns 1 when nesting
+ * passes max (0: no limit). key gets the top-level member name last seen. */
+static int json_scan(const char *p, size_t n, int max, char *field, size_t fieldlen)
+{
+    int depth = 0, in_str = 0, esc = 0, key_next = 0;
+    size_t kstart = 0;
+    field[0] = '\0';
+    char key[128] = "";
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (in_str) {
+            if (esc)
+                esc = 0;
+            else if (c == '\\')
+                esc = 1;
+            else if (c == '"') {
+                in_str = 0;
+                /* a string directly inside the top-level object, followed
+                 * by ':', is a member name */
+                if (key_next && depth == 1) {
+                    size_t kl = i - kstart;
+                    if (kl >= sizeof(key))
+                        kl = sizeof(key) - 1;
+                    memcpy(key, p + kstart, kl);
+                    key[kl] = '\0';
+                    key_next = 0;
+                }
+            }
+            continue;
+        }
+        switch (c) {
+        case '"':
+            in_str = 1;
+            kstart = i + 1;
+            break;
+        case '{':
+        case '[':
+            if (++depth > max && max > 0) {
+                util_strlcpy(field, key, fieldlen);
+                return 1;
+            }
+            key_next = c == '{';
+            break;
+        case '}':
+        case ']':
+            depth--;
+            break;
+        case ',':
+            key_next = depth == 1;
+            break;
+        default:
+            break;
+        }
+    }
+    util_strlcpy(field, key, fieldlen);
+    return 0;
+}
+
+int gw_json_too_deep(const char *p, size_t n, int max, char *field, size_t fieldlen)
+{
+    int deep = json_scan(p, n, max, field, fieldlen);
+    if (!deep)
+        field[0] = '\0';
+    return deep;
 }

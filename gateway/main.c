@@ -144,6 +144,7 @@ int main(int argc, char **argv)
     struct gw_config c;
     if (gw_config_load(&c) < 0)
         return 2;
+    queue_set_retention_ms((int64_t)c.retention_days * 86400000);
     if (!strcmp(argv[1], "serve"))
         return serve(&c, argc - 2, argv + 2);
     if (!strcmp(argv[1], "key"))

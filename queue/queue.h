@@ -10,11 +10,33 @@
  *   mg:msg:{id}                hash  tenant, created_at, from, subject, tags, metadata, mail_from, rcpts
  *   mg:msg:{id}:rcpt           hash  email -> {"status","attempts","last_reply"} JSON
  *   mg:msg:{id}:body           string the rendered RFC 5322 message (CRLF, not dot-stuffed)
+ *   mg:msg:{id}:body:{n}       string recipient n's own copy (n from 1, its place in rcpts),
+ *                                     instead of :body, when the message is tracked or has
+ *                                     unsubscribe links ("copies" in mg:msg:{id} = n max)
  *   mg:msg:{id}:events         list  event JSON, oldest first
- *   mg:tenant:{t}:messages     zset  message ids by created_at ms
- *   mg:events:{t}              stream one entry per event, field "e" = event JSON
+ *   mg:msg:{id}:uniq           set   "opened_unique:{email}", "clicked_unique:{email}":
+ *                                     who opened / clicked already (unique counts)
+ *   mg:msg:{id} field st               the status the message is indexed under
+ *   mg:tenant:{t}:messages     zset  message ids, all scored 0 (lex order = time order)
+ *   mg:msgi:{t}:tag:{tag}      zset  the same, of messages with that tag
+ *   mg:msgi:{t}:rcpt:{email}   zset  the same, of messages to that (lower-cased) address
+ *   mg:msgi:{t}:status:{s}     zset  the same, of messages whose status is now s
+ *   mg:event:{ev id}           string event JSON: the one stored copy; SET NX makes
+ *                                     recording an event idempotent
+ *   mg:evi:{t}                 zset  the tenant's event ids, all scored 0 (lex = time)
+ *   mg:evi:{t}:type:{type}     zset  the same, of one event type
+ *   mg:evi:{t}:rcpt:{email}    zset  the same, of one (lower-cased) recipient
+ *   mg:stats:{t}:{day ms}      hash  "{HH}:{counter}" -> count, for the UTC day
+ *   mg:stats:{t}:{day ms}:tag:{tag} hash  the same, of events with that tag
+ *   Retention (queue_set_retention_ms): every index write trims entries
+ *   older than the retention (ZREMRANGEBYLEX) and refreshes the index's TTL;
+ *   mg:event:*, mg:msg:{id}, :rcpt, :events, :uniq expire a retention after
+ *   their last event (a scheduled message: after it is due); stats days
+ *   expire a retention after the day ends. Nothing sweeps.
  *   mg:jobs:{t}                stream the tenant's delivery jobs: m (message id), r (JSON
- *                                     array of recipients to try), a (attempt, from 1).
+ *                                     array of recipients to try), a (attempt, from 1),
+ *                                     b (only for a personal copy: its n; r then names
+ *                                     that one recipient).
  *                                     One stream per tenant, read round-robin, so one
  *                                     tenant's burst cannot hold up another's mail
  *   mg:jobtenants              set   tenants that have a job stream
@@ -29,6 +51,8 @@
  *                                     JSON); drained by the webhook dispatcher's group
  *   mg:open                    zset  ids of messages with a recipient not yet terminal,
  *                                     by created_at ms (the oldest is the queue's age)
+ *   mg:secret                  string 32 random bytes: the key of tracking tokens when
+ *                                     MAILGATE_SECRET is unset (SET NX: made once, shared)
  * The consumer group on every job stream is "senders". A job leaves its
  * stream by XACK + XDEL in the same MULTI that records its outcome, never by
  * trimming (Redis 7.0's XAUTOCLAIM drops trimmed pending entries silently).
@@ -66,6 +90,7 @@
 #define QUEUE_OPEN "mg:open"    /* zset: messages with a non-terminal recipient, by created_at ms */
 #define QUEUE_KEY_MAX 128      /* bytes of an API key we accept */
 #define QUEUE_TENANT_MAX 64    /* bytes of a tenant name */
+#define QUEUE_COPIES_MAX 10000 /* personal copies of one message (recipients) */
 
 struct queue;
 
@@ -130,6 +155,8 @@ int queue_tenant_get(struct queue *q, const char *tenant, json_t **out);
 struct queue_rcpt {
     const char *email;
     const char *status;    /* "queued", "scheduled" or "suppressed" */
+    const char *body;      /* personal copy (queue_new_message.personal), else NULL */
+    size_t bodylen;
 };
 
 struct queue_new_message {
@@ -143,9 +170,11 @@ struct queue_new_message {
     const char *mail_from;     /* envelope sender */
     const struct queue_rcpt *rcpts;
     size_t nrcpts;
-    const char *body;          /* rendered message */
+    const char *body;          /* rendered message (unused when personal) */
     size_t bodylen;
     int64_t due_ms;            /* 0: send now; else scheduled for then */
+    int personal;              /* 1: each recipient that is not suppressed has its
+                                  own copy (rcpts[i].body) and its own job */
 };
 
 /* queue_event_new - a new event object {id, type, created_at, message_id,
@@ -155,8 +184,15 @@ json_t *queue_event_new(const char *type, const char *msg_id, const char *rcpt, 
 
 /* queue_message_enqueue - store the record, body, recipients, a "queued"
  * (or "suppressed") event per recipient, and the job (or the delayed job),
- * in one MULTI/EXEC: all or nothing. Returns 0 or -1. */
+ * in one MULTI/EXEC: all or nothing. With m->personal, recipient i's copy
+ * is stored as mg:msg:{id}:body:{i+1} and gets a job of its own (field b).
+ * Returns 0 or -1. */
 int queue_message_enqueue(struct queue *q, const struct queue_new_message *m);
+
+/* queue_message_exists - 1 when the message record exists, 0 when not,
+ * -1 when Redis cannot say. Used after an EXEC whose reply was lost: the
+ * transaction may have committed. */
+int queue_message_exists(struct queue *q, const char *id);
 
 /* queue_message_get - the message as the API shows it (contract
  * "GET /v1/messages/{id}"), with its status derived from its recipients.
@@ -190,6 +226,61 @@ int queue_messages_query(struct queue *q, const char *tenant, const struct queue
  * statuses (contract "Message status"). Pure. */
 const char *queue_message_status(const char *const *rcpt_status, size_t n);
 
+/* ---- event store, log indexes, stats (queue_events.c, queue_evstats.c) */
+
+#define QUEUE_LIMIT_MAX 1000          /* items in one page of a log query */
+#define QUEUE_CURSOR_MAX 112          /* bytes of a cursor, with its NUL */
+#define QUEUE_STATS_HOURS_MAX (24 * 31) /* buckets of an hourly stats query */
+#define QUEUE_STATS_DAYS_MAX 400        /* buckets of a daily stats query */
+
+/* queue_set_retention_ms - how long messages and events stay readable
+ * (MAILGATE_RETENTION_DAYS; default 30 days). Call once at start-up, before
+ * any thread uses a queue; ms <= 0 is ignored. */
+void queue_set_retention_ms(int64_t ms);
+int64_t queue_retention_ms(void);
+
+/* queue_event_type_ok / queue_message_status_ok - 1 when s is one of the
+ * contract's event types / message statuses. */
+int queue_event_type_ok(const char *s);
+int queue_message_status_ok(const char *s);
+
+/* queue_cursor_encode - the opaque cursor (base64url, no padding) for the
+ * position after key (an event or message id: 1..64 of [A-Za-z0-9_-]) in
+ * a list of kind ('e' events, 'm' messages) into out. 0, or -1 when key is
+ * not an id or out is too small (QUEUE_CURSOR_MAX is enough). Pure. */
+int queue_cursor_encode(char kind, const char *key, char *out, size_t outlen);
+
+/* queue_cursor_decode - the id inside a cursor of kind into key. 0, or -1
+ * when cursor is not one queue_cursor_encode made for kind. Pure. */
+int queue_cursor_decode(const char *cursor, char kind, char *key, size_t keylen);
+
+/* The rates of a stats bucket, each 0 when its denominator is 0:
+ * delivery = delivered / (delivered + bounced), bounce = bounced /
+ * (delivered + bounced), open = unique human opens / delivered, click =
+ * unique human clicks / delivered, click_to_open = unique human clicks /
+ * unique human opens. Rounded to 4 decimals. */
+struct queue_rates {
+    double delivery, bounce, open, click, click_to_open;
+};
+
+/* queue_stats_rates - fill r from the counts. Pure. */
+void queue_stats_rates(long long delivered, long long bounced, long long opened_unique, long long clicked_unique,
+                       struct queue_rates *r);
+
+/* queue_stats_span - the buckets of [since_ms, until_ms) for buckets of
+ * step_ms (an hour or a day): *start = since rounded down, the count of
+ * buckets up to until rounded up. Returns the count (0 when until <= since). Pure. */
+long queue_stats_span(int64_t since_ms, int64_t until_ms, int64_t step_ms, int64_t *start);
+
+/* queue_stats_query - {"interval", "data": [{"start", "counts", "rates"}
+ * oldest first, one per bucket, empty ones included], "totals": {"counts",
+ * "rates"}} for tenant (or its events tagged tag when tag is not NULL)
+ * over the buckets of [since_ms, until_ms); step_ms is 3600000 ("hour") or
+ * 86400000 ("day"). The caller bounds the bucket count. One round trip.
+ * Returns 0 with *out (caller frees), or -1. */
+int queue_stats_query(struct queue *q, const char *tenant, const char *tag, int64_t since_ms, int64_t until_ms,
+                      int64_t step_ms, json_t **out);
+
 /* ---- jobs (queue_jobs.c) ---------------------------------------------- */
 
 struct queue_job {
@@ -199,6 +290,8 @@ struct queue_job {
     json_t *rcpts;           /* array of recipient emails to try; owned */
     int attempt;             /* 1 for the first try */
     int reclaims;            /* times the entry was taken over from a dead sender */
+    int copy;                /* 0: the shared body; n > 0: the personal copy
+                                mg:msg:{id}:body:{n} of the job's one recipient */
 };
 
 /* queue_jobs_read - read up to max jobs for consumer, at most one per
@@ -244,9 +337,11 @@ struct queue_delivery {
     json_t *tags, *metadata; /* owned */
     json_t *rcpt_state;      /* object email -> {status, attempts, ...}; owned */
     json_t *all_rcpts;       /* array of every recipient of the message; owned */
+    int copies;              /* personal copies the message has (0: one shared body) */
 };
 
-/* queue_delivery_load - fetch body, record and recipient states of job.
+/* queue_delivery_load - fetch body (the job's personal copy when it names
+ * one), record and recipient states of job.
  * Returns 0, 1 when the message no longer exists, -1 on error. */
 int queue_delivery_load(struct queue *q, const struct queue_job *job, struct queue_delivery *d);
 void queue_delivery_free(struct queue_delivery *d);
@@ -255,7 +350,9 @@ void queue_delivery_free(struct queue_delivery *d);
 struct queue_outcome {
     const char *email;
     const char *status;      /* "delivered", "deferred", "bounced" */
-    json_t *event;           /* the event to record (stolen: freed by finish) */
+    json_t *event;           /* the event to record (stolen: freed by finish when it
+                                succeeds; after a failure the caller retries with it
+                                or frees it) */
     const char *last_reply;  /* "250 2.0.0 ok" or a local reason */
     int suppress;            /* also add the address to the tenant's suppression
                                 list (a hard bounce for a bad mailbox, 5.1.x) */
@@ -263,15 +360,52 @@ struct queue_outcome {
 
 /* queue_job_finish - in one MULTI/EXEC: set each recipient's status and
  * attempts, append its event to the message and the tenant log, schedule
- * the deferred recipients as a new job due at retry_due_ms, delete the body
- * when every recipient is terminal, then XACK and XDEL the job. Returns 0,
- * or -1 (nothing recorded; the job stays pending and is read again). */
+ * the deferred recipients as a new job due at retry_due_ms (keeping the
+ * job's personal copy), delete the job's personal copy once its recipient
+ * is terminal and every body when every recipient is terminal, then XACK
+ * and XDEL the job. Returns 0, or -1 (nothing recorded; the job stays
+ * pending and is read again). */
 int queue_job_finish(struct queue *q, const struct queue_job *job, const struct queue_delivery *d,
                      struct queue_outcome *o, size_t n, int64_t retry_due_ms);
 
 /* queue_schedule_due - move up to max delayed jobs whose time has come to
  * the stream, atomically (Lua). Returns the number moved, or -1. */
 int queue_schedule_due(struct queue *q, int64_t now_ms, int max);
+
+/* ---- tracking events (queue_msg.c) ------------------------------------
+ * Opens, clicks and unsubscribes arrive with a signed token that outlives
+ * the message record (retention): they are recorded on the message while it
+ * exists, and in the tenant's event log (and webhook feed) always. */
+
+/* What a tracking request needs to know about its message. */
+struct queue_track_info {
+    int exists;              /* the message record is still there */
+    json_t *tags, *metadata; /* owned; [] and {} when the record is gone */
+    int64_t delivered_ms;    /* when the recipient's "delivered" was recorded; 0 unknown */
+};
+
+/* queue_track_load - the record of tenant's message id and, for rcpt, the
+ * time of its first "delivered" event (the message's first
+ * QUEUE_TRACK_SCAN_MAX events are looked at). One round trip. A record of
+ * another tenant counts as gone. Returns 0 or -1; free with
+ * queue_track_info_free. */
+#define QUEUE_TRACK_SCAN_MAX 1000
+int queue_track_load(struct queue *q, const char *tenant, const char *id, const char *rcpt,
+                     struct queue_track_info *out);
+void queue_track_info_free(struct queue_track_info *t);
+
+/* queue_track_event - record ev (borrowed) of tenant's message id through
+ * q_event_append, in one MULTI/EXEC. When exists is 0 (the record passed
+ * its retention) the event still reaches the tenant log, its indexes and
+ * the webhook feed; what is written under the message's keys is never shown
+ * (the record is gone) and expires with the retention. Returns 0 or -1. */
+int queue_track_event(struct queue *q, const char *tenant, const char *id, int exists, json_t *ev);
+
+/* queue_secret_get - the shared token key kept at mg:secret: made of n
+ * fresh random bytes by the first process that asks (SET NX), then read
+ * back, so every process signs with the same key. out gets up to cap
+ * bytes, *len how many. Returns 0 or -1. The key is never logged. */
+int queue_secret_get(struct queue *q, size_t n, unsigned char *out, size_t cap, size_t *len);
 
 /* ---- suppressions (queue_supp.c) --------------------------------------
  * mg:supp:{t} hash: lower-cased email -> {"email","reason","created_at"}.
@@ -367,6 +501,8 @@ struct queue_stats {
     long long delayed;         /* retries and scheduled sends waiting for their time */
     long long open_messages;   /* messages with a non-terminal recipient */
     int64_t oldest_open_ms;    /* created_at of the oldest of those, 0 when none */
+    long long wh_pending;      /* webhook deliveries not yet done (mg:wh:due) */
+    long long wh_due;          /* of those, due now (score <= now): the backlog */
 };
 
 /* queue_stats_get - one pipelined round trip. Returns 0 or -1. */
@@ -471,5 +607,23 @@ int queue_wh_finish(struct queue *q, const struct queue_wh_attempt *a, enum queu
 
 /* queue_wh_attempt_free - release a's strings (wiping the secret). */
 void queue_wh_attempt_free(struct queue_wh_attempt *a);
+
+/* ---- per-tenant send limits (queue_limits.c) ----------------------------
+ * mg:rl:{t}:{unix second} and mg:daily:{t}:{yyyymmdd} counters, both
+ * checked and taken in one Lua call so concurrent requests on several API
+ * processes cannot overshoot. */
+
+struct queue_limit_result {
+    int allowed;           /* 1: taken; 0: over a limit, nothing taken */
+    long limit;            /* the per-second limit (0: none) */
+    long remaining;        /* left in this second (or today, when only daily applies) */
+    int64_t reset_ms;      /* when the window that refused (or the second) resets, epoch ms */
+    int daily;             /* 1 when the daily limit is the one that refused */
+};
+
+/* queue_limits_take - take n messages from the tenant's rate (per second)
+ * and daily budgets (0 = no limit). Returns 0 with *r filled, -1 on error. */
+int queue_limits_take(struct queue *q, const char *tenant, long rate, long daily, long n,
+                      struct queue_limit_result *r);
 
 #endif

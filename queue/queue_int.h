@@ -14,6 +14,9 @@ struct queue {
     char *host;
     int port;
     char *path;       /* unix socket, or NULL */
+    char *master;     /* Sentinel: the master's name, or NULL (host/port then name
+                         the first sentinel; the others are in sentinels) */
+    char *sentinels;  /* Sentinel: "host:port,host:port,..." */
     char *password;
     int db;
     redisContext *c;
@@ -53,12 +56,33 @@ void q_pipe_cmdv(struct q_pipe *p, int argc, const char **argv, const size_t *le
 redisReply **q_pipe_end(struct q_pipe *p);
 void q_replies_free(redisReply **r, int n);
 
-/* q_event_append - queue, on pipeline p (usually inside MULTI), every write
- * that records one event: the message's event list, the tenant's event log
- * and the webhook feed. The one place that knows where events live, so
- * indexes and retention are added here once. ev is the event object and
- * ev_s its compact JSON (what is stored). */
+/* q_event_append - queue, on pipeline p (usually inside MULTI), the one
+ * command (a Lua script, queue_events.c) that records an event everywhere
+ * it lives: its body mg:event:{id}, the tenant's indexes (all, type,
+ * recipient), the message's event list, the hourly stats and the webhook
+ * feed, with the retention applied. Idempotent per event id: an event
+ * recorded before (a replayed transaction) is not recorded again. When the
+ * message record no longer exists (retention) nothing is written under the
+ * message's keys. ev (borrowed) must have "id" and "type"; ev_s is its
+ * compact JSON, stored as is. Queues exactly one command on p. */
 void q_event_append(struct q_pipe *p, const char *tenant, const char *msg_id, json_t *ev, const char *ev_s);
+
+/* q_msg_index - queue on p the read-side indexes of a new message (all,
+ * per tag, per recipient), TTLs that outlive a scheduled send, and its
+ * status index (q_msg_reindex). After the recipients are written. */
+void q_msg_index(struct q_pipe *p, const struct queue_new_message *m);
+
+/* q_msg_reindex - queue on p (after the recipients' statuses are written)
+ * the script that re-derives the message status and moves the message to
+ * that status's index. One command. */
+void q_msg_reindex(struct q_pipe *p, const char *tenant, const char *msg_id);
+
+/* q_message_json - the message as the API shows it, built from the replies
+ * of HGETALL mg:msg:{id} (rec), HGETALL mg:msg:{id}:rcpt (rcpt) and, when
+ * evs is not NULL, LRANGE mg:msg:{id}:events (then "events" is included).
+ * NULL when the record is missing or names another tenant. Caller owns. */
+json_t *q_message_json(const char *tenant, const char *id, const redisReply *rec, const redisReply *rcpt,
+                       const redisReply *evs);
 
 /* q_block_timeout - set the socket timeout for a blocking command. */
 void q_set_timeout_ms(struct queue *q, int ms);

@@ -24,7 +24,8 @@
 #include "common/log.h"
 #include "common/util.h"
 
-/* Moves due jobs to their tenant's stream. Job JSON: {t, m, r, a}. The
+/* Moves due jobs to their tenant's stream. Job JSON: {t, m, r, a, b?}
+ * (b: the personal copy of a job's one recipient, when there is one). The
  * stream names are built here from t, so the script touches keys it was
  * not given: fine on a single Redis (Cluster is not supported). */
 static const char *schedule_lua =
@@ -32,7 +33,12 @@ static const char *schedule_lua =
     "for _, j in ipairs(due) do\n"
     "  local ok, job = pcall(cjson.decode, j)\n"
     "  if ok and type(job) == 'table' and job.t and job.m and job.r then\n"
-    "    redis.call('XADD', ARGV[3] .. job.t, '*', 'm', job.m, 'r', cjson.encode(job.r), 'a', tostring(job.a or 1))\n"
+    "    if job.b then\n"
+    "      redis.call('XADD', ARGV[3] .. job.t, '*', 'm', job.m, 'r', cjson.encode(job.r), 'a', tostring(job.a or 1),\n"
+    "                 'b', tostring(job.b))\n"
+    "    else\n"
+    "      redis.call('XADD', ARGV[3] .. job.t, '*', 'm', job.m, 'r', cjson.encode(job.r), 'a', tostring(job.a or 1))\n"
+    "    end\n"
     "    redis.call('SADD', KEYS[2], job.t)\n"
     "  end\n"
     "  redis.call('ZREM', KEYS[1], j)\n"
@@ -115,6 +121,8 @@ static int job_parse(redisReply *ent, const char *tenant, struct queue_job *job)
             job->rcpts = json_loads(v, 0, NULL);
         else if (!strcmp(k, "a"))
             job->attempt = atoi(v) > 0 ? atoi(v) : 1;
+        else if (!strcmp(k, "b"))
+            job->copy = atoi(v) > 0 ? atoi(v) : 0;
     }
     if (!job->msg_id[0] || !json_is_array(job->rcpts))
         return -1;
@@ -204,11 +212,11 @@ int queue_jobs_read(struct queue *q, const char *consumer, int block_ms, struct 
     }
     for (int i = 0; i < ns; i++)
         argv[argc++] = pending ? "0" : ">";
+    /* A sender's connection keeps the longer timeout for everything: it
+     * costs nothing, where switching it around each read cost 4 syscalls. */
     if (q_ctx(q))
         q_set_timeout_ms(q, block_ms + 5000);
     redisReply *r = q_cmdv(q, argc, argv, NULL);
-    if (q->c)
-        q_set_timeout_ms(q, 5000);
     for (int i = 0; i < ns; i++)
         free(names[i]);
     free(names);
@@ -280,8 +288,8 @@ int queue_jobs_reclaim(struct queue *q, const char *consumer, int64_t min_idle_m
 int queue_job_dead_letter(struct queue *q, const struct queue_job *job, const char *reason)
 {
     char *rs = json_dumps(job->rcpts, JSON_COMPACT);
-    redisReply *r = q_cmd(q, "XADD " QUEUE_DEAD " * t %s m %s r %s a %d reason %s", job->tenant, job->msg_id,
-                          rs ? rs : "[]", job->attempt, reason);
+    redisReply *r = q_cmd(q, "XADD " QUEUE_DEAD " * t %s m %s r %s a %d b %d reason %s", job->tenant, job->msg_id,
+                          rs ? rs : "[]", job->attempt, job->copy, reason);
     free(rs);
     if (!r)
         return -1;
@@ -294,14 +302,17 @@ int queue_delivery_load(struct queue *q, const struct queue_job *job, struct que
     memset(d, 0, sizeof(*d));
     struct q_pipe p;
     q_pipe_begin(&p, q);
-    q_pipe_cmd(&p, "GET mg:msg:%s:body", job->msg_id);
-    q_pipe_cmd(&p, "HMGET mg:msg:%s tenant mail_from tags metadata rcpts created_at", job->msg_id);
+    if (job->copy > 0)
+        q_pipe_cmd(&p, "GET mg:msg:%s:body:%d", job->msg_id, job->copy);
+    else
+        q_pipe_cmd(&p, "GET mg:msg:%s:body", job->msg_id);
+    q_pipe_cmd(&p, "HMGET mg:msg:%s tenant mail_from tags metadata rcpts created_at copies", job->msg_id);
     q_pipe_cmd(&p, "HGETALL mg:msg:%s:rcpt", job->msg_id);
     redisReply **r = q_pipe_end(&p);
     if (!r)
         return -1;
     redisReply *h = r[1];
-    if (h->type != REDIS_REPLY_ARRAY || h->elements != 6 || !h->element[0]->str) {
+    if (h->type != REDIS_REPLY_ARRAY || h->elements != 7 || !h->element[0]->str) {
         q_replies_free(r, p.n);
         return 1;
     }
@@ -313,6 +324,7 @@ int queue_delivery_load(struct queue *q, const struct queue_job *job, struct que
     d->tenant = strdup(h->element[0]->str);
     d->mail_from = strdup(h->element[1]->str ? h->element[1]->str : "");
     d->created_ms = h->element[5]->str ? atoll(h->element[5]->str) : 0;
+    d->copies = h->element[6]->str ? atoi(h->element[6]->str) : 0;
     d->tags = h->element[2]->str ? json_loads(h->element[2]->str, 0, NULL) : NULL;
     d->metadata = h->element[3]->str ? json_loads(h->element[3]->str, 0, NULL) : NULL;
     d->all_rcpts = h->element[4]->str ? json_loads(h->element[4]->str, 0, NULL) : NULL;
@@ -390,6 +402,8 @@ int queue_job_finish(struct queue *q, const struct queue_job *job, const struct 
     if (json_array_size(deferred)) {
         json_t *nj = json_pack("{s:s, s:s, s:O, s:i, s:s}", "t", job->tenant, "m", job->msg_id, "r", deferred,
                                "a", job->attempt + 1, "from", job->entry_id);
+        if (job->copy > 0) /* the retry sends the same personal copy */
+            json_object_set_new(nj, "b", json_integer(job->copy));
         char *nj_s = json_dumps(nj, JSON_COMPACT);
         q_pipe_cmd(&p, "ZADD " QUEUE_DELAYED " %lld %s", (long long)retry_due_ms, nj_s);
         free(nj_s);
@@ -406,7 +420,15 @@ int queue_job_finish(struct queue *q, const struct queue_job *job, const struct 
     if (all_terminal) {
         q_pipe_cmd(&p, "DEL mg:msg:%s:body", job->msg_id);
         q_pipe_cmd(&p, "ZREM " QUEUE_OPEN " %s", job->msg_id);
+        for (int c = 1; c <= d->copies && c <= QUEUE_COPIES_MAX; c++)
+            q_pipe_cmd(&p, "DEL mg:msg:%s:body:%d", job->msg_id, c);
+    } else if (job->copy > 0 && n == 1 && status_terminal(o[0].status)) {
+        /* this recipient is done: its copy is not needed any more */
+        q_pipe_cmd(&p, "DEL mg:msg:%s:body:%d", job->msg_id, job->copy);
     }
+    /* the status index follows the recipients (derived in Redis, so two
+     * jobs of one message finishing at once still agree) */
+    q_msg_reindex(&p, job->tenant, job->msg_id);
     q_pipe_cmd(&p, "XACK " QUEUE_STREAM_PREFIX "%s " QUEUE_GROUP " %s", job->tenant, job->entry_id);
     q_pipe_cmd(&p, "XDEL " QUEUE_STREAM_PREFIX "%s %s", job->tenant, job->entry_id);
     char claim_field[160];
@@ -417,7 +439,11 @@ int queue_job_finish(struct queue *q, const struct queue_job *job, const struct 
     redisReply **r = q_pipe_end(&p);
     int ok = r && r[p.n - 1]->type == REDIS_REPLY_ARRAY;
     q_replies_free(r, p.n);
-    for (size_t k = 0; k < n; k++) {
+    /* On failure the events stay with the caller, who retries with the
+     * same ones: the transaction may have run before its reply was lost,
+     * and recording an event is idempotent per event id, so the retry
+     * neither loses nor doubles them. */
+    for (size_t k = 0; ok && k < n; k++) {
         json_decref(o[k].event);
         o[k].event = NULL;
     }

@@ -6,10 +6,15 @@
  * 32 random bytes in hex. Only SHA-256(key) is stored. A check fetches the
  * record by id and compares hashes with CRYPTO_memcmp, so timing reveals
  * nothing about the secret.
+ *
+ * Also the shared token key mg:secret (queue_secret_get): made once with
+ * SET NX, so that every process signs tracking tokens with the same key;
+ * copies of it in memory are wiped when no longer needed.
  */
 #include "queue/queue_int.h"
 
 #include <ctype.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -190,4 +195,31 @@ int queue_tenant_get(struct queue *q, const char *tenant, json_t **out)
     freeReplyObject(r);
     *out = o;
     return 0;
+}
+
+int queue_secret_get(struct queue *q, size_t n, unsigned char *out, size_t cap, size_t *len)
+{
+    unsigned char fresh[64];
+    if (n == 0 || n > sizeof(fresh) || util_random_bytes(fresh, n) < 0)
+        return -1;
+    /* SET NX: the first process to ask makes the key; everyone (this one
+     * included) then reads back the same bytes. */
+    const char *argv[] = {"SET", "mg:secret", (const char *)fresh, "NX"};
+    size_t lens[] = {3, 9, n, 2};
+    redisReply *r = q_cmdv(q, 4, argv, lens);
+    OPENSSL_cleanse(fresh, sizeof(fresh));
+    if (!r)
+        return -1;
+    freeReplyObject(r);
+    r = q_cmd(q, "GET mg:secret");
+    if (!r)
+        return -1;
+    int ok = r->type == REDIS_REPLY_STRING && r->len >= 16 && r->len <= cap;
+    if (ok) {
+        memcpy(out, r->str, r->len);
+        *len = r->len;
+        OPENSSL_cleanse(r->str, r->len);
+    }
+    freeReplyObject(r);
+    return ok ? 0 : -1;
 }

@@ -15,17 +15,21 @@
 #include "common/log.h"
 #include "common/util.h"
 
-#define Q_SCAN_MAX 5000 /* events examined for one filtered log query */
-
 json_t *queue_event_new(const char *type, const char *msg_id, const char *rcpt, json_t *tags,
                         json_t *metadata)
 {
     char id[33], ts[40];
     util_new_id(id);
+    /* created_at is the time inside the id, so that ordering by id (the
+     * log's order) and by created_at never disagree */
+    char ms_hex[13];
+    memcpy(ms_hex, id, 12);
+    ms_hex[12] = '\0';
+    int64_t ms = (int64_t)strtoll(ms_hex, NULL, 16);
     json_t *e = json_object();
     json_object_set_new(e, "id", json_sprintf("ev_%s", id));
     json_object_set_new(e, "type", json_string(type));
-    json_object_set_new(e, "created_at", json_string(util_rfc3339(util_now_ms(), ts, sizeof(ts))));
+    json_object_set_new(e, "created_at", json_string(util_rfc3339(ms, ts, sizeof(ts))));
     json_object_set_new(e, "message_id", json_string(msg_id));
     json_object_set_new(e, "recipient", rcpt ? json_string(rcpt) : json_null());
     json_object_set_new(e, "tags", tags ? json_deep_copy(tags) : json_array());
@@ -33,6 +37,8 @@ json_t *queue_event_new(const char *type, const char *msg_id, const char *rcpt, 
     return e;
 }
 
+/* The same rules run in Redis to index the status (status_lua in
+ * queue_events.c): change both together. */
 const char *queue_message_status(const char *const *st, size_t n)
 {
     size_t queued = 0, scheduled = 0, open = 0, delivered = 0, bounced = 0, suppressed = 0,
@@ -75,6 +81,60 @@ const char *queue_message_status(const char *const *st, size_t n)
     return "queued";
 }
 
+/* personal_copies - queue on p (inside the MULTI) the SET of each
+ * recipient's own copy, mg:msg:{id}:body:{i+1} (suppressed recipients have
+ * none), and the number of copies in the record. */
+static void personal_copies(struct q_pipe *p, const struct queue_new_message *m)
+{
+    char key[160];
+    for (size_t i = 0; i < m->nrcpts; i++) {
+        if (!m->rcpts[i].body)
+            continue;
+        snprintf(key, sizeof(key), "mg:msg:%s:body:%zu", m->id, i + 1);
+        const char *argv[] = {"SET", key, m->rcpts[i].body};
+        size_t lens[] = {3, strlen(key), m->rcpts[i].bodylen};
+        q_pipe_cmdv(p, 3, argv, lens);
+    }
+    q_pipe_cmd(p, "HSET mg:msg:%s copies %lld", m->id, (long long)m->nrcpts); /* hiredis: no %zu */
+}
+
+/* personal_jobs - one job per recipient that is not suppressed, naming its
+ * copy (b); for a scheduled send, one delayed job each, all of them kept
+ * in the record's "sched" as a JSON array of the exact mg:delayed members
+ * so that a cancel can take them back. */
+static void personal_jobs(struct q_pipe *p, const struct queue_new_message *m)
+{
+    json_t *sched = json_array();
+    for (size_t i = 0; i < m->nrcpts; i++) {
+        if (!strcmp(m->rcpts[i].status, "suppressed"))
+            continue;
+        json_t *r1 = json_pack("[s]", m->rcpts[i].email);
+        if (m->due_ms > 0) {
+            json_t *job = json_pack("{s:s, s:s, s:O, s:i, s:I}", "t", m->tenant, "m", m->id, "r", r1, "a", 1,
+                                    "b", (json_int_t)(i + 1));
+            char *job_s = json_dumps(job, JSON_COMPACT);
+            q_pipe_cmd(p, "ZADD " QUEUE_DELAYED " %lld %s", (long long)m->due_ms, job_s);
+            json_array_append_new(sched, json_string(job_s));
+            free(job_s);
+            json_decref(job);
+        } else {
+            char *r_s = json_dumps(r1, JSON_COMPACT);
+            q_pipe_cmd(p, "XADD " QUEUE_STREAM_PREFIX "%s * m %s r %s a 1 b %lld", m->tenant, m->id, r_s,
+                       (long long)(i + 1));
+            free(r_s);
+        }
+        json_decref(r1);
+    }
+    if (m->due_ms > 0) {
+        char *sched_s = json_dumps(sched, JSON_COMPACT);
+        q_pipe_cmd(p, "HSET mg:msg:%s sched %s", m->id, sched_s);
+        free(sched_s);
+    } else {
+        q_pipe_cmd(p, "SADD " QUEUE_TENANTS " %s", m->tenant);
+    }
+    json_decref(sched);
+}
+
 int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
 {
     char created[24], key[128];
@@ -114,15 +174,21 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
         free(ev_s);
         json_decref(ev);
     }
-    snprintf(key, sizeof(key), "mg:msg:%s:body", m->id);
-    const char *argv[] = {"SET", key, m->body};
-    size_t lens[] = {3, strlen(key), m->bodylen};
-    q_pipe_cmdv(&p, 3, argv, lens);
-    q_pipe_cmd(&p, "ZADD mg:tenant:%s:messages 0 %s", m->tenant, m->id);
+    if (m->personal) {
+        personal_copies(&p, m);
+    } else {
+        snprintf(key, sizeof(key), "mg:msg:%s:body", m->id);
+        const char *argv[] = {"SET", key, m->body};
+        size_t lens[] = {3, strlen(key), m->bodylen};
+        q_pipe_cmdv(&p, 3, argv, lens);
+    }
+    q_msg_index(&p, m); /* the read-side indexes and the status index */
     if (json_array_size(job_rcpts))
         q_pipe_cmd(&p, "ZADD " QUEUE_OPEN " %lld %s", (long long)m->created_ms, m->id);
     if (json_array_size(job_rcpts)) {
-        if (m->due_ms > 0) {
+        if (m->personal) {
+            personal_jobs(&p, m);
+        } else if (m->due_ms > 0) {
             json_t *job = json_pack("{s:s, s:s, s:O, s:i}", "t", m->tenant, "m", m->id, "r", job_rcpts, "a", 1);
             char *job_s = json_dumps(job, JSON_COMPACT);
             q_pipe_cmd(&p, "ZADD " QUEUE_DELAYED " %lld %s", (long long)m->due_ms, job_s);
@@ -152,6 +218,90 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
     return ok ? 0 : -1;
 }
 
+/* ---- tracking events ------------------------------------------------- */
+
+void queue_track_info_free(struct queue_track_info *t)
+{
+    json_decref(t->tags);
+    json_decref(t->metadata);
+    memset(t, 0, sizeof(*t));
+}
+
+int queue_track_load(struct queue *q, const char *tenant, const char *id, const char *rcpt,
+                     struct queue_track_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct q_pipe p;
+    q_pipe_begin(&p, q);
+    q_pipe_cmd(&p, "HMGET mg:msg:%s tenant tags metadata", id);
+    /* "delivered" follows the recipient's "queued" (and any "deferred")
+     * near the head of the list; opens and clicks pile up behind it. */
+    q_pipe_cmd(&p, "LRANGE mg:msg:%s:events 0 %d", id, QUEUE_TRACK_SCAN_MAX - 1);
+    redisReply **r = q_pipe_end(&p);
+    if (!r)
+        return -1;
+    redisReply *h = r[0];
+    if (h->type == REDIS_REPLY_ARRAY && h->elements == 3 && h->element[0]->str &&
+        !strcmp(h->element[0]->str, tenant)) {
+        out->exists = 1;
+        out->tags = h->element[1]->str ? json_loads(h->element[1]->str, 0, NULL) : NULL;
+        out->metadata = h->element[2]->str ? json_loads(h->element[2]->str, 0, NULL) : NULL;
+        for (size_t i = 0; r[1]->type == REDIS_REPLY_ARRAY && i < r[1]->elements; i++) {
+            const char *e = r[1]->element[i]->str;
+            /* cheap filter before parsing: most events are not it */
+            if (!e || !strstr(e, "\"delivered\""))
+                continue;
+            json_t *ev = json_loads(e, 0, NULL);
+            const char *type = json_string_value(json_object_get(ev, "type"));
+            const char *who = json_string_value(json_object_get(ev, "recipient"));
+            int64_t ms = 0;
+            if (type && !strcmp(type, "delivered") && who && !strcasecmp(who, rcpt) &&
+                util_parse_rfc3339(json_string_value(json_object_get(ev, "created_at")) ?: "", &ms) == 0) {
+                out->delivered_ms = ms;
+                json_decref(ev);
+                break;
+            }
+            json_decref(ev);
+        }
+    }
+    if (!json_is_array(out->tags)) {
+        json_decref(out->tags);
+        out->tags = json_array();
+    }
+    if (!json_is_object(out->metadata)) {
+        json_decref(out->metadata);
+        out->metadata = json_object();
+    }
+    q_replies_free(r, p.n);
+    return 0;
+}
+
+int queue_track_event(struct queue *q, const char *tenant, const char *id, int exists, json_t *ev)
+{
+    /* q_event_append writes the message's event list too. When the record
+     * is gone that list is unseen (a message is shown only with its
+     * record) and expires with the retention TTL q_event_append gives it,
+     * so the event is kept where it can still be read: the tenant's log. */
+    (void)exists;
+    char *ev_s = json_dumps(ev, JSON_COMPACT);
+    if (!ev_s)
+        return -1;
+    struct q_pipe p;
+    q_pipe_begin(&p, q);
+    q_pipe_cmd(&p, "MULTI");
+    q_event_append(&p, tenant, id, ev, ev_s);
+    q_pipe_cmd(&p, "EXEC");
+    redisReply **r = q_pipe_end(&p);
+    int ok = r && r[p.n - 1]->type == REDIS_REPLY_ARRAY;
+    if (ok)
+        for (size_t i = 0; i < r[p.n - 1]->elements; i++)
+            if (r[p.n - 1]->element[i]->type == REDIS_REPLY_ERROR)
+                ok = 0;
+    q_replies_free(r, p.n);
+    free(ev_s);
+    return ok ? 0 : -1;
+}
+
 /* hash_get - value of field in an HGETALL reply, or NULL. */
 static const char *hash_get(const redisReply *h, const char *field)
 {
@@ -172,26 +322,17 @@ static json_t *json_or(const char *s, json_t *dflt)
     return v;
 }
 
-int queue_message_get(struct queue *q, const char *tenant, const char *id, json_t **out)
+json_t *q_message_json(const char *tenant, const char *id, const redisReply *rec, const redisReply *rcpt,
+                       const redisReply *evs)
 {
-    struct q_pipe p;
-    q_pipe_begin(&p, q);
-    q_pipe_cmd(&p, "HGETALL mg:msg:%s", id);
-    q_pipe_cmd(&p, "HGETALL mg:msg:%s:rcpt", id);
-    q_pipe_cmd(&p, "LRANGE mg:msg:%s:events 0 -1", id);
-    redisReply **r = q_pipe_end(&p);
-    if (!r)
-        return -1;
-    const char *owner = hash_get(r[0], "tenant");
-    if (!owner || strcmp(owner, tenant) != 0) {
-        q_replies_free(r, p.n);
-        return 1;
-    }
+    const char *owner = hash_get(rec, "tenant");
+    if (!owner || strcmp(owner, tenant) != 0)
+        return NULL;
     json_t *m = json_object();
     char ts[40];
-    const char *created = hash_get(r[0], "created_at");
+    const char *created = hash_get(rec, "created_at");
     json_object_set_new(m, "id", json_string(id));
-    json_t *order = json_or(hash_get(r[0], "rcpts"), json_array());
+    json_t *order = json_or(hash_get(rec, "rcpts"), json_array());
     json_t *recipients = json_array();
     size_t n = json_array_size(order);
     const char **st = calloc(n ? n : 1, sizeof(*st));
@@ -199,7 +340,7 @@ int queue_message_get(struct queue *q, const char *tenant, const char *id, json_
     json_t *e;
     json_array_foreach(order, i, e) {
         const char *email = json_string_value(e);
-        json_t *s = json_or(hash_get(r[1], email), json_object());
+        json_t *s = json_or(hash_get(rcpt, email), json_object());
         json_t *rc = json_object();
         json_t *v;
         json_object_set_new(rc, "email", json_string(email));
@@ -217,20 +358,38 @@ int queue_message_get(struct queue *q, const char *tenant, const char *id, json_
     free(st);
     json_object_set_new(m, "created_at",
                         json_string(util_rfc3339(created ? atoll(created) : 0, ts, sizeof(ts))));
-    json_object_set_new(m, "from", json_string(hash_get(r[0], "from") ? hash_get(r[0], "from") : ""));
-    json_object_set_new(m, "subject", json_string(hash_get(r[0], "subject") ? hash_get(r[0], "subject") : ""));
-    json_object_set_new(m, "tags", json_or(hash_get(r[0], "tags"), json_array()));
-    json_object_set_new(m, "metadata", json_or(hash_get(r[0], "metadata"), json_object()));
+    json_object_set_new(m, "from", json_string(hash_get(rec, "from") ? hash_get(rec, "from") : ""));
+    json_object_set_new(m, "subject", json_string(hash_get(rec, "subject") ? hash_get(rec, "subject") : ""));
+    json_object_set_new(m, "tags", json_or(hash_get(rec, "tags"), json_array()));
+    json_object_set_new(m, "metadata", json_or(hash_get(rec, "metadata"), json_object()));
     json_object_set_new(m, "recipients", recipients);
-    json_t *events = json_array();
-    for (i = 0; r[2]->type == REDIS_REPLY_ARRAY && i < r[2]->elements; i++) {
-        json_t *ev = json_loads(r[2]->element[i]->str, 0, NULL);
-        if (ev)
-            json_array_append_new(events, ev);
+    if (evs) {
+        json_t *events = json_array();
+        for (i = 0; evs->type == REDIS_REPLY_ARRAY && i < evs->elements; i++) {
+            json_t *ev = json_loadb(evs->element[i]->str, evs->element[i]->len, 0, NULL);
+            if (ev)
+                json_array_append_new(events, ev);
+        }
+        json_object_set_new(m, "events", events);
     }
-    json_object_set_new(m, "events", events);
     json_decref(order);
+    return m;
+}
+
+int queue_message_get(struct queue *q, const char *tenant, const char *id, json_t **out)
+{
+    struct q_pipe p;
+    q_pipe_begin(&p, q);
+    q_pipe_cmd(&p, "HGETALL mg:msg:%s", id);
+    q_pipe_cmd(&p, "HGETALL mg:msg:%s:rcpt", id);
+    q_pipe_cmd(&p, "LRANGE mg:msg:%s:events 0 -1", id);
+    redisReply **r = q_pipe_end(&p);
+    if (!r)
+        return -1;
+    json_t *m = q_message_json(tenant, id, r[0], r[1], r[2]);
     q_replies_free(r, p.n);
+    if (!m)
+        return 1;
     *out = m;
     return 0;
 }
@@ -246,198 +405,16 @@ int queue_message_events(struct queue *q, const char *tenant, const char *id, js
     return 0;
 }
 
-/* event_matches - apply the query's filters to one event. */
-static int event_matches(json_t *ev, const struct queue_query *qq)
-{
-    if (qq->type && strcmp(qq->type, json_string_value(json_object_get(ev, "type")) ?: "") != 0)
-        return 0;
-    if (qq->recipient &&
-        strcasecmp(qq->recipient, json_string_value(json_object_get(ev, "recipient")) ?: "") != 0)
-        return 0;
-    if (qq->message_id &&
-        strcmp(qq->message_id, json_string_value(json_object_get(ev, "message_id")) ?: "") != 0)
-        return 0;
-    int64_t t = 0;
-    util_parse_rfc3339(json_string_value(json_object_get(ev, "created_at")) ?: "", &t);
-    if (qq->since_ms && t < qq->since_ms)
-        return 0;
-    if (qq->until_ms && t >= qq->until_ms)
-        return 0;
-    return 1;
-}
-
-/* A cursor is the opaque position after which the next page starts:
- * "e<stream id>" for the tenant log, "m<index>" for a message's events. */
-int queue_events_query(struct queue *q, const char *tenant, const struct queue_query *qq, json_t **out)
-{
-    json_t *data = json_array();
-    json_t *next = json_null();
-    if (qq->message_id) {
-        json_t *events;
-        int rc = queue_message_events(q, tenant, qq->message_id, &events);
-        if (rc < 0) {
-            json_decref(data);
-            return -1;
-        }
-        long start = (long)(rc == 0 ? json_array_size(events) : 0) - 1;
-        if (qq->cursor) {
-            char *end;
-            if (qq->cursor[0] != 'm' || (start = strtol(qq->cursor + 1, &end, 10), *end) || start < -1) {
-                if (rc == 0)
-                    json_decref(events);
-                json_decref(data);
-                return 1;
-            }
-        }
-        for (long i = start; rc == 0 && i >= 0; i--) {
-            json_t *ev = json_array_get(events, (size_t)i);
-            if (!ev || !event_matches(ev, qq))
-                continue;
-            if ((int)json_array_size(data) == qq->limit) {
-                json_decref(next);
-                next = json_sprintf("m%ld", i);
-                break;
-            }
-            json_array_append(data, ev);
-        }
-        if (rc == 0)
-            json_decref(events);
-    } else {
-        char from[64];
-        if (qq->cursor) {
-            if (qq->cursor[0] != 'e' || strlen(qq->cursor) > 40 || !strchr(qq->cursor, '-')) {
-                json_decref(data);
-                return 1;
-            }
-            snprintf(from, sizeof(from), "(%s", qq->cursor + 1);
-        } else {
-            util_strlcpy(from, "+", sizeof(from));
-        }
-        int scanned = 0;
-        while ((int)json_array_size(data) < qq->limit + 1 && scanned < Q_SCAN_MAX) {
-            redisReply *r = q_cmd(q, "XREVRANGE mg:events:%s %s - COUNT %d", tenant, from, 200);
-            if (!r) {
-                json_decref(data);
-                json_decref(next);
-                return -1;
-            }
-            if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) {
-                freeReplyObject(r);
-                break;
-            }
-            for (size_t i = 0; i < r->elements; i++) {
-                redisReply *ent = r->element[i];
-                scanned++;
-                snprintf(from, sizeof(from), "(%s", ent->element[0]->str);
-                redisReply *f = ent->element[1];
-                json_t *ev = f->elements >= 2 ? json_loads(f->element[1]->str, 0, NULL) : NULL;
-                if (!ev)
-                    continue;
-                if (!event_matches(ev, qq)) {
-                    json_decref(ev);
-                    continue;
-                }
-                if ((int)json_array_size(data) == qq->limit) {
-                    json_decref(ev);
-                    json_decref(next);
-                    /* resume after the last event returned */
-                    next = json_sprintf("e%s", json_string_value(json_object_get(
-                                                   json_array_get(data, json_array_size(data) - 1), "_sid")));
-                    break;
-                }
-                json_object_set_new(ev, "_sid", json_string(ent->element[0]->str));
-                json_array_append_new(data, ev);
-            }
-            freeReplyObject(r);
-            if (!json_is_null(next))
-                break;
-        }
-        size_t i;
-        json_t *ev;
-        json_array_foreach(data, i, ev) json_object_del(ev, "_sid");
-    }
-    *out = json_pack("{s:o, s:o}", "data", data, "next_cursor", next);
-    return 0;
-}
-
-int queue_messages_query(struct queue *q, const char *tenant, const struct queue_query *qq, json_t **out)
-{
-    /* Ids begin with 12 hex digits of their creation time, so the lex
-     * order of the index is time order and since/until become lex bounds. */
-    char max[64], min[64];
-    if (qq->cursor) {
-        if (strlen(qq->cursor) > 40) return 1;
-        snprintf(max, sizeof(max), "(%s", qq->cursor);
-    } else if (qq->until_ms) {
-        snprintf(max, sizeof(max), "(%012llx", (unsigned long long)qq->until_ms);
-    } else {
-        util_strlcpy(max, "+", sizeof(max));
-    }
-    if (qq->since_ms)
-        snprintf(min, sizeof(min), "[%012llx", (unsigned long long)qq->since_ms);
-    else
-        util_strlcpy(min, "-", sizeof(min));
-    json_t *data = json_array();
-    json_t *next = json_null();
-    int scanned = 0;
-    while ((int)json_array_size(data) < qq->limit && scanned < Q_SCAN_MAX) {
-        redisReply *r = q_cmd(q, "ZREVRANGEBYLEX mg:tenant:%s:messages %s %s LIMIT 0 100", tenant, max, min);
-        if (!r) {
-            json_decref(data);
-            return -1;
-        }
-        if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) {
-            freeReplyObject(r);
-            break;
-        }
-        for (size_t i = 0; i < r->elements && (int)json_array_size(data) < qq->limit; i++) {
-            const char *id = r->element[i]->str;
-            snprintf(max, sizeof(max), "(%s", id);
-            scanned++;
-            json_t *m;
-            if (queue_message_get(q, tenant, id, &m) != 0)
-                continue;
-            json_object_del(m, "events");
-            int keep = 1;
-            if (qq->status && strcmp(qq->status, json_string_value(json_object_get(m, "status"))))
-                keep = 0;
-            if (keep && qq->tag) {
-                keep = 0;
-                size_t k;
-                json_t *t;
-                json_array_foreach(json_object_get(m, "tags"), k, t) if (!strcmp(json_string_value(t) ?: "", qq->tag)) keep = 1;
-            }
-            if (keep && qq->recipient) {
-                keep = 0;
-                size_t k;
-                json_t *rc;
-                json_array_foreach(json_object_get(m, "recipients"), k, rc) if (!strcasecmp(
-                    json_string_value(json_object_get(rc, "email")) ?: "", qq->recipient)) keep = 1;
-            }
-            if (keep)
-                json_array_append(data, m);
-            json_decref(m);
-            if ((int)json_array_size(data) == qq->limit) {
-                json_decref(next);
-                next = json_string(id);
-            }
-        }
-        freeReplyObject(r);
-    }
-    *out = json_pack("{s:o, s:o}", "data", data, "next_cursor", next);
-    return 0;
-}
-
 /* Cancels a scheduled message: only while its delayed job is still in
  * mg:delayed (ZREM says so atomically), then every recipient of the job
  * becomes "cancelled" with its event. ARGV: job, id, tenant, then pairs of
  * (email, event JSON). */
 int queue_message_cancel(struct queue *q, const char *tenant, const char *id)
 {
-    redisReply *r = q_cmd(q, "HMGET mg:msg:%s tenant sched tags metadata", id);
+    redisReply *r = q_cmd(q, "HMGET mg:msg:%s tenant sched tags metadata copies", id);
     if (!r)
         return -1;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 4 || !r->element[0]->str ||
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 || !r->element[0]->str ||
         strcmp(r->element[0]->str, tenant) != 0) {
         freeReplyObject(r);
         return 1;
@@ -449,16 +426,46 @@ int queue_message_cancel(struct queue *q, const char *tenant, const char *id)
     char *sched = strdup(r->element[1]->str);
     json_t *tags = r->element[2]->str ? json_loads(r->element[2]->str, 0, NULL) : NULL;
     json_t *meta = r->element[3]->str ? json_loads(r->element[3]->str, 0, NULL) : NULL;
+    long copies = r->element[4]->str ? atol(r->element[4]->str) : 0;
     freeReplyObject(r);
     /* Take the delayed job first: ZREM is the atomic decision against the
-     * scheduler. Whoever removes it owns the message's fate. */
-    redisReply *z = q_cmd(q, "ZREM " QUEUE_DELAYED " %s", sched);
-    int rc = !z ? -1 : (z->type == REDIS_REPLY_INTEGER && z->integer == 1) ? 0 : 2;
-    if (z)
-        freeReplyObject(z);
+     * scheduler. Whoever removes it owns the message's fate. A message with
+     * personal copies has one delayed job per recipient ("sched" is then a
+     * JSON array of them): each ZREM decides for its own recipient, and the
+     * recipients of the jobs the scheduler already moved go on sending. */
+    json_t *jobs = json_array();
+    json_t *sv = json_loads(sched, 0, NULL);
+    if (json_is_array(sv)) {
+        size_t k;
+        json_t *js;
+        json_array_foreach(sv, k, js) if (json_is_string(js)) json_array_append(jobs, js);
+    } else {
+        json_array_append_new(jobs, json_string(sched));
+    }
+    json_decref(sv);
+    int rc = 2;
+    size_t removed = 0;
+    json_t *rcpts = json_array(), *copy_ns = json_array();
+    struct q_pipe zp;
+    q_pipe_begin(&zp, q);
+    for (size_t k = 0; k < json_array_size(jobs); k++)
+        q_pipe_cmd(&zp, "ZREM " QUEUE_DELAYED " %s", json_string_value(json_array_get(jobs, k)));
+    redisReply **z = q_pipe_end(&zp);
+    if (!z)
+        rc = -1;
+    for (size_t k = 0; z && k < json_array_size(jobs); k++) {
+        if (z[k]->type != REDIS_REPLY_INTEGER || z[k]->integer != 1)
+            continue;
+        rc = 0;
+        removed++;
+        json_t *job = json_loads(json_string_value(json_array_get(jobs, k)), 0, NULL);
+        json_array_extend(rcpts, json_object_get(job, "r"));
+        if (json_is_integer(json_object_get(job, "b")))
+            json_array_append(copy_ns, json_object_get(job, "b"));
+        json_decref(job);
+    }
+    q_replies_free(z, zp.n);
     if (rc == 0) {
-        json_t *job = json_loads(sched, 0, NULL);
-        json_t *rcpts = json_object_get(job, "r");
         struct q_pipe p;
         q_pipe_begin(&p, q);
         q_pipe_cmd(&p, "MULTI");
@@ -477,8 +484,14 @@ int queue_message_cancel(struct queue *q, const char *tenant, const char *id)
             json_decref(ev);
         }
         q_pipe_cmd(&p, "HDEL mg:msg:%s sched", id);
-        q_pipe_cmd(&p, "ZREM " QUEUE_OPEN " %s", id);
-        q_pipe_cmd(&p, "DEL mg:msg:%s:body", id);
+        q_msg_reindex(&p, tenant, id);
+        if (removed == json_array_size(jobs)) {
+            q_pipe_cmd(&p, "ZREM " QUEUE_OPEN " %s", id);
+            q_pipe_cmd(&p, "DEL mg:msg:%s:body", id);
+        }
+        /* only the cancelled recipients' copies: a moved job needs its own */
+        for (size_t k = 0; k < json_array_size(copy_ns) && copies; k++)
+            q_pipe_cmd(&p, "DEL mg:msg:%s:body:%lld", id, (long long)json_integer_value(json_array_get(copy_ns, k)));
         q_pipe_cmd(&p, "EXEC");
         redisReply **v = q_pipe_end(&p);
         /* The job is gone either way; if this write failed the recipients
@@ -488,18 +501,22 @@ int queue_message_cancel(struct queue *q, const char *tenant, const char *id)
             rc = -1;
         }
         q_replies_free(v, p.n);
-        json_decref(job);
     }
+    json_decref(rcpts);
+    json_decref(copy_ns);
+    json_decref(jobs);
     json_decref(tags);
     json_decref(meta);
     free(sched);
     return rc;
 }
 
-void q_event_append(struct q_pipe *p, const char *tenant, const char *msg_id, json_t *ev, const char *ev_s)
+int queue_message_exists(struct queue *q, const char *id)
 {
-    (void)ev;
-    q_pipe_cmd(p, "RPUSH mg:msg:%s:events %s", msg_id, ev_s);
-    q_pipe_cmd(p, "XADD mg:events:%s * e %s", tenant, ev_s);
-    q_pipe_cmd(p, "XADD " QUEUE_FEED " * t %s e %s", tenant, ev_s);
+    redisReply *r = q_cmd(q, "EXISTS mg:msg:%s", id);
+    if (!r)
+        return -1;
+    int rc = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+    freeReplyObject(r);
+    return rc;
 }

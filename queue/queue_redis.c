@@ -27,8 +27,50 @@ static void q_err(char *err, size_t errlen, const char *msg)
 }
 
 /* q_parse_url - fill q from url; strings malloc'd. */
+/* q_parse_sentinel - "redis-sentinel://[:pw@]h1:p1,h2:p2/master[/db]". */
+static int q_parse_sentinel(struct queue *q, const char *url, char *err, size_t errlen)
+{
+    const char *p = url + strlen("redis-sentinel://");
+    const char *slash = strchr(p, '/');
+    const char *at = memchr(p, '@', slash ? (size_t)(slash - p) : strlen(p));
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        const char *pw = colon ? colon + 1 : p;
+        q->password = strndup(pw, (size_t)(at - pw));
+        p = at + 1;
+    }
+    if (!slash || slash == p || !slash[1]) {
+        q_err(err, errlen, "redis-sentinel:// needs host:port[,host:port...]/master-name[/db]");
+        return -1;
+    }
+    q->sentinels = strndup(p, (size_t)(slash - p));
+    const char *name = slash + 1, *dbs = strchr(name, '/');
+    q->master = dbs ? strndup(name, (size_t)(dbs - name)) : strdup(name);
+    if (dbs && dbs[1]) {
+        char *end;
+        long db = strtol(dbs + 1, &end, 10);
+        if (*end || db < 0 || db > 1000) {
+            q_err(err, errlen, "bad database number");
+            return -1;
+        }
+        q->db = (int)db;
+    }
+    for (const char *s = q->sentinels; *s; s++)
+        if (*s == ' ') {
+            q_err(err, errlen, "bad sentinel list");
+            return -1;
+        }
+    if (!*q->master || !strchr(q->sentinels, ':')) {
+        q_err(err, errlen, "redis-sentinel:// needs host:port[,host:port...]/master-name[/db]");
+        return -1;
+    }
+    return 0;
+}
+
 static int q_parse_url(struct queue *q, const char *url, char *err, size_t errlen)
 {
+    if (strncmp(url, "redis-sentinel://", 17) == 0)
+        return q_parse_sentinel(q, url, err, errlen);
     if (strncmp(url, "unix://", 7) == 0) {
         if (url[7] != '/') {
             q_err(err, errlen, "unix:// URL needs an absolute path");
@@ -38,7 +80,7 @@ static int q_parse_url(struct queue *q, const char *url, char *err, size_t errle
         return 0;
     }
     if (strncmp(url, "redis://", 8) != 0) {
-        q_err(err, errlen, "must start with redis:// or unix://");
+        q_err(err, errlen, "must start with redis://, unix:// or redis-sentinel://");
         return -1;
     }
     const char *p = url + 8;
@@ -87,6 +129,8 @@ static void q_free_fields(struct queue *q)
 {
     free(q->host);
     free(q->path);
+    free(q->master);
+    free(q->sentinels);
     if (q->password) {
         memset(q->password, 0, strlen(q->password));
         free(q->password);
@@ -146,6 +190,43 @@ void q_set_timeout_ms(struct queue *q, int ms)
     q->timeout_ms = ms;
 }
 
+/* q_sentinel_master - ask the sentinels, in order, where the master is
+ * (SENTINEL get-master-addr-by-name) and point host/port at it. */
+static int q_sentinel_master(struct queue *q)
+{
+    char list[1024];
+    util_strlcpy(list, q->sentinels, sizeof(list));
+    char *save = NULL;
+    for (char *s = strtok_r(list, ",", &save); s; s = strtok_r(NULL, ",", &save)) {
+        char *colon = strrchr(s, ':');
+        if (!colon)
+            continue;
+        *colon = '\0';
+        struct timeval tv = {1, 0};
+        redisContext *c = redisConnectWithTimeout(s, atoi(colon + 1), tv);
+        if (!c || c->err) {
+            if (c)
+                redisFree(c);
+            continue;
+        }
+        redisSetTimeout(c, tv);
+        redisReply *r = redisCommand(c, "SENTINEL get-master-addr-by-name %s", q->master);
+        int ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->str && r->element[1]->str;
+        if (ok) {
+            free(q->host);
+            q->host = strdup(r->element[0]->str);
+            q->port = atoi(r->element[1]->str);
+        }
+        if (r)
+            freeReplyObject(r);
+        redisFree(c);
+        if (ok)
+            return 0;
+    }
+    log_kv(LOG_WARN, "redis_sentinel_no_master", "master", q->master, NULL);
+    return -1;
+}
+
 redisContext *q_ctx(struct queue *q)
 {
     if (q->c && q->c->err)
@@ -153,6 +234,8 @@ redisContext *q_ctx(struct queue *q)
     if (q->c)
         return q->c;
     struct timeval tv = {Q_CONNECT_MS / 1000, (Q_CONNECT_MS % 1000) * 1000};
+    if (q->master && q_sentinel_master(q) < 0)
+        return NULL;
     redisContext *c = q->path ? redisConnectUnixWithTimeout(q->path, tv)
                               : redisConnectWithTimeout(q->host, q->port, tv);
     if (!c || c->err) {
@@ -199,6 +282,9 @@ static redisReply *q_check(struct queue *q, redisReply *r)
     }
     if (r->type == REDIS_REPLY_ERROR) {
         log_kv(LOG_ERROR, "redis_error", "reply", r->str, NULL);
+        /* A demoted master after a failover: find the new one. */
+        if (!strncmp(r->str, "READONLY", 8))
+            q_drop(q);
         freeReplyObject(r);
         return NULL;
     }
@@ -273,6 +359,20 @@ redisReply **q_pipe_end(struct q_pipe *p)
             return NULL;
         }
         v[i] = r;
+    }
+    for (int i = 0; i < p->n; i++) {
+        /* EXEC answers an array whose items may be errors */
+        redisReply *r = v[i];
+        int ro = r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "READONLY", 8);
+        for (size_t k = 0; !ro && r->type == REDIS_REPLY_ARRAY && k < r->elements; k++)
+            ro = r->element[k] && r->element[k]->type == REDIS_REPLY_ERROR && !strncmp(r->element[k]->str, "READONLY", 8);
+        if (ro) {
+            /* a write went to a demoted master: fail the whole pipeline
+             * so the caller retries against the new one */
+            q_replies_free(v, p->n);
+            q_drop(p->q);
+            return NULL;
+        }
     }
     return v;
 }

@@ -11,7 +11,7 @@ PKGS="build-essential pkg-config ca-certificates openssl
 libmicrohttpd-dev libjansson-dev libssl-dev libhiredis-dev libcurl4-openssl-dev
 libidn2-dev libcmocka-dev clang redis-server redis-tools postfix
 python3 python3-pytest python3-requests python3-aiosmtpd python3-dkim
-python3-cryptography python3-yaml"
+python3-cryptography python3-yaml python3-nacl"
 
 missing=""
 for p in $PKGS; do
@@ -21,6 +21,12 @@ for p in $PKGS; do
         *) missing="$missing $p" ;;
     esac
 done
+# Node.js (>= 18) and npm run the official provider clients in
+# tests/compat. Any installation will do (Debian's, or NodeSource's nodejs
+# that bundles npm and conflicts with Debian's npm package), so look for
+# the commands rather than the packages.
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 [ -z "$missing" ] && exit 0
 
 SUDO=""

@@ -12,6 +12,10 @@
  *
  * Relays are tried in the order given: when a session to one cannot be
  * opened, the next is tried for the same job.
+ * Observability: one "delivery" log line per recipient and attempt (message
+ * id, recipient, relay, code, enhanced_code, reply, duration_ms); counters,
+ * two latency histograms and per-relay pool gauges for /metrics, all
+ * atomics in static storage, so measuring costs no lock and no allocation.
  * SECURITY: logs carry addresses and reply texts, never bodies or secrets.
  */
 #include "smtp/smtp_deliver.h"
@@ -25,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/hist.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "queue/queue.h"
@@ -92,6 +97,57 @@ void smtp_deliver_counters_get(struct smtp_deliver_counters *out)
     out->connect_failures = atomic_load(&c_connect_failures);
 }
 
+/* Latency histograms (seconds in /metrics, microseconds here). A relay
+ * transaction takes milliseconds to minutes; acceptance to delivery spans
+ * a pipelined relay's few milliseconds up to MAILGATE_MAX_AGE of retries. */
+static const uint64_t txn_bounds_us[] = {1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000,
+                                         500000, 1000000, 2500000, 5000000, 10000000, 30000000,
+                                         60000000, 300000000};
+static const uint64_t accept_bounds_us[] = {5000, 10000, 25000, 50000, 100000, 250000, 500000,
+                                            1000000, 2500000, 5000000, 10000000, 30000000,
+                                            60000000, 300000000, 900000000, 3600000000, 14400000000,
+                                            86400000000};
+static struct hist h_txn = HIST_INIT(txn_bounds_us);
+static struct hist h_accept = HIST_INIT(accept_bounds_us);
+
+void smtp_deliver_hists(const struct hist **txn, const struct hist **accepted_delivered)
+{
+    *txn = &h_txn;
+    *accepted_delivered = &h_accept;
+}
+
+/* Pool gauges. Worker k owns connection k of every relay (see usable), so
+ * each worker publishes the state of its own sessions in pools.state[k]
+ * and a scrape sums a column: no lock on the delivery path. The table is
+ * static and never freed, so a scrape racing smtp_deliver_stop reads
+ * stale numbers at worst, never freed memory. */
+#define POOL_RELAYS_MAX 32 /* relays shown (smtp_relay.c accepts as many) */
+enum { POOL_CLOSED, POOL_OPEN, POOL_BUSY };
+static struct {
+    atomic_size_t nrelays; /* relays published; 0 while the sender is stopped */
+    char names[POOL_RELAYS_MAX][SMTP_DELIVER_POOL_NAME_MAX];
+    int size[POOL_RELAYS_MAX];
+    atomic_uchar state[DELIVER_WORKERS_MAX][POOL_RELAYS_MAX];
+} pools;
+
+size_t smtp_deliver_pools(struct smtp_deliver_pool *out, size_t max)
+{
+    size_t n = atomic_load(&pools.nrelays);
+    if (n > max)
+        n = max;
+    for (size_t i = 0; i < n; i++) {
+        util_strlcpy(out[i].relay, pools.names[i], sizeof(out[i].relay));
+        out[i].size = pools.size[i];
+        out[i].open = out[i].busy = 0;
+        for (int k = 0; k < DELIVER_WORKERS_MAX; k++) {
+            unsigned char st = atomic_load_explicit(&pools.state[k][i], memory_order_relaxed);
+            out[i].open += st != POOL_CLOSED;
+            out[i].busy += st == POOL_BUSY;
+        }
+    }
+    return n;
+}
+
 /* nap - sleep ms, waking early when asked to stop. */
 static void nap(int ms)
 {
@@ -127,7 +183,8 @@ static void fmt_reply(const struct smtp_rcpt *r, char *out, size_t len)
 /* outcome_event - the event for one recipient's result: the SMTP reply
  * that decided it, or the local reason; the TLS in use when there was one. */
 static json_t *outcome_event(const char *type, const struct queue_job *job, const struct queue_delivery *d,
-                             const struct smtp_rcpt *r, const char *relay, struct smtp_session *used)
+                             const struct smtp_rcpt *r, const char *relay, struct smtp_session *used,
+                             int tls_required)
 {
     json_t *ev = queue_event_new(type, job->msg_id, r->addr, d->tags, d->metadata);
     if (r->reply.code) {
@@ -135,7 +192,8 @@ static json_t *outcome_event(const char *type, const struct queue_job *job, cons
                                                   "enhanced_code", r->reply.enhanced[0] ? r->reply.enhanced : NULL,
                                                   "reply", r->reply.text, "relay", relay));
     } else {
-        json_object_set_new(ev, "reason", json_string(smtp_local_reason(r->local)));
+        json_object_set_new(ev, "reason", json_string(r->local == SMTP_LOCAL_TLS && tls_required
+                                                          ? "tls_required" : smtp_local_reason(r->local)));
         if (r->reply.enhanced[0])
             json_object_set_new(ev, "enhanced_code", json_string(r->reply.enhanced));
         json_object_set_new(ev, "relay", json_string(relay));
@@ -228,6 +286,22 @@ static void close_session(struct worker *w, size_t i, const char *why)
     }
 }
 
+/* pool_sync - publish whether each of w's sessions is connected. */
+static void pool_sync(const struct worker *w)
+{
+    for (size_t i = 0; i < dv.nrelays && i < POOL_RELAYS_MAX; i++)
+        atomic_store_explicit(&pools.state[w->index][i],
+                              smtp_session_is_open(w->sessions[i]) ? POOL_OPEN : POOL_CLOSED,
+                              memory_order_relaxed);
+}
+
+/* pool_busy - publish that w's session to relay i is in a transaction. */
+static void pool_busy(const struct worker *w, size_t i)
+{
+    if (i < POOL_RELAYS_MAX)
+        atomic_store_explicit(&pools.state[w->index][i], POOL_BUSY, memory_order_relaxed);
+}
+
 /* worker_idle - QUIT sessions unused for longer than their relay's idle=,
  * and sessions to a lower-priority relay once a preferred one is back in
  * rotation, so that traffic returns to it. */
@@ -248,6 +322,7 @@ static void worker_idle(struct worker *w)
         else
             preferred_up = 1; /* this open session is the one in use */
     }
+    pool_sync(w);
 }
 
 /* worker_can_send - 1 when some relay could take a message from w now. */
@@ -261,9 +336,10 @@ static int worker_can_send(const struct worker *w)
 
 /* try_relays - a usable open session, in relay order (opening one when
  * needed); the index used, or -1 with the last failure in *fail. */
-static int try_relays(struct worker *w, struct smtp_rcpt *fail)
+static int try_relays(struct worker *w, struct smtp_rcpt *fail, int *tried)
 {
     fail->local = SMTP_LOCAL_CONNECT;
+    *tried = -1;
     for (size_t i = 0; i < dv.nrelays; i++) {
         if (!usable(w, i))
             continue;
@@ -277,6 +353,7 @@ static int try_relays(struct worker *w, struct smtp_rcpt *fail)
             continue;
         struct smtp_reply why = {0};
         enum smtp_local local = SMTP_LOCAL_NONE;
+        *tried = (int)i;
         if (smtp_session_open(w->sessions[i], &why, &local) == 0) {
             atomic_fetch_add(&c_connections, 1);
             relay_ok(i);
@@ -342,15 +419,25 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
     }
 
     const char *relay_name = "none";
+    int tls_required = 0; /* a TLS failure is reported as the contract's "tls_required" */
     struct smtp_session *used = NULL;
-    int64_t now = util_now_ms();
-    int expired = d.created_ms && now - d.created_ms >= dv.max_age_ms;
-    if (nt && !expired && d.body) {
+    /* Like Postfix's maximal_queue_lifetime, a recipient past its age still
+     * gets the attempt that was due; it expires when that one defers too. */
+    uint64_t started_us = hist_clock_us(); /* the attempt's duration_ms counts connecting too */
+    if (nt && d.body) {
         struct smtp_rcpt fail = {0};
-        int ri = dv.nrelays ? try_relays(w, &fail) : -1;
+        int tried = -1;
+        int ri = dv.nrelays ? try_relays(w, &fail, &tried) : -1;
+        pool_sync(w);
         if (ri < 0) {
             if (!dv.nrelays)
                 fail.local = SMTP_LOCAL_CONNECT;
+            if (tried >= 0) {
+                /* name the relay that failed last, not "none" */
+                relay_name = dv.relays[tried].name;
+                if (dv.relays[tried].tls == SMTP_TLS_REQUIRED && fail.local == SMTP_LOCAL_TLS)
+                    tls_required = 1;
+            }
             for (size_t i = 0; i < nt; i++) {
                 const char *a = rc_v[i].addr;
                 rc_v[i] = fail;
@@ -358,10 +445,15 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
             }
         } else {
             relay_name = dv.relays[ri].name;
+            tls_required = dv.relays[ri].tls == SMTP_TLS_REQUIRED;
             struct smtp_txn t = {.mail_from = d.mail_from, .rcpts = rc_v, .nrcpts = nt,
                                  .data = d.body, .datalen = d.bodylen};
             relay_rate_wait((size_t)ri);
+            pool_busy(w, (size_t)ri);
+            uint64_t txn_us = hist_clock_us();
             smtp_session_send(w->sessions[ri], &t);
+            hist_observe_since(&h_txn, txn_us);
+            pool_sync(w);
             w->last_used[ri] = util_mono_ms();
             used = w->sessions[ri];
             if (smtp_session_relay_fault(used))
@@ -370,15 +462,17 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
     }
 
     int deferred = 0;
-    char att[16];
+    char att[16], dur[24];
     snprintf(att, sizeof(att), "%d", job->attempt);
+    snprintf(dur, sizeof(dur), "%llu", (unsigned long long)((hist_clock_us() - started_us) / 1000));
+    int64_t finished_ms = util_now_ms();
     for (size_t i = 0; i < nt; i++) {
         struct smtp_rcpt *r = &rc_v[i];
         enum smtp_verdict v = smtp_verdict_of(r);
         const char *type, *status;
         o[i].email = r->addr;
         fmt_reply(r, replies[i], sizeof(replies[i]));
-        if (!expired && !d.body) {
+        if (!d.body) {
             /* the body is gone while a recipient is open: cannot happen
              * unless someone deleted keys; never retry forever. */
             o[i].event = queue_event_new("bounced", job->msg_id, r->addr, d.tags, d.metadata);
@@ -386,18 +480,15 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
             json_object_set_new(o[i].event, "reason", json_string("internal_error"));
             o[i].status = "bounced";
             util_strlcpy(replies[i], "internal_error", sizeof(replies[i]));
-        } else if (expired || (v == SMTP_DEFER && now + retry_delay(job->attempt) - d.created_ms > dv.max_age_ms)) {
-            o[i].event = expired ? queue_event_new("bounced", job->msg_id, r->addr, d.tags, d.metadata)
-                                 : outcome_event("bounced", job, &d, r, relay_name, used);
+        } else if (v == SMTP_DEFER && util_now_ms() - d.created_ms >= dv.max_age_ms) {
+            o[i].event = outcome_event("bounced", job, &d, r, relay_name, used, tls_required);
             json_object_set_new(o[i].event, "bounce_type", json_string("soft"));
             json_object_set_new(o[i].event, "reason", json_string("expired"));
             o[i].status = "bounced";
-            if (expired)
-                util_strlcpy(replies[i], "expired", sizeof(replies[i]));
         } else {
             type = v == SMTP_DELIVERED ? "delivered" : v == SMTP_BOUNCE ? "bounced" : "deferred";
             status = type;
-            o[i].event = outcome_event(type, job, &d, r, relay_name, used);
+            o[i].event = outcome_event(type, job, &d, r, relay_name, used, tls_required);
             if (v == SMTP_BOUNCE) {
                 json_object_set_new(o[i].event, "bounce_type", json_string("hard"));
                 /* A bad mailbox (5.1.x) is suppressed; a policy block (5.7.x)
@@ -409,18 +500,30 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
             o[i].status = status;
         }
         o[i].last_reply = replies[i];
-        atomic_fetch_add(!strcmp(o[i].status, "delivered") ? &c_delivered
-                         : !strcmp(o[i].status, "bounced") ? &c_bounced : &c_deferred, 1);
+        int delivered = !strcmp(o[i].status, "delivered");
+        atomic_fetch_add(delivered ? &c_delivered : !strcmp(o[i].status, "bounced") ? &c_bounced : &c_deferred, 1);
+        if (delivered && d.created_ms > 0)
+            hist_observe_us(&h_accept, finished_ms > d.created_ms ? (uint64_t)(finished_ms - d.created_ms) * 1000 : 0);
         char code[8];
         snprintf(code, sizeof(code), "%d", r->reply.code);
+        /* the per-attempt line: fixed keys; "code" 0 means decided locally
+         * (no reply), and then "reply" holds the local reason */
         log_kv(LOG_INFO, "delivery", "message_id", job->msg_id, "recipient", r->addr, "relay",
-               relay_name, "status", o[i].status, "code", code, "reply", replies[i], "attempt", att,
-               "reused", used ? (smtp_session_reused(used) ? "1" : "0") : NULL,
+               relay_name, "status", o[i].status, "code", code, "enhanced_code",
+               r->reply.enhanced[0] ? r->reply.enhanced : NULL, "reply", replies[i], "attempt", att,
+               "duration_ms", dur, "reused", used ? (smtp_session_reused(used) ? "1" : "0") : NULL,
                "tls", used ? smtp_session_tls_version(used) : NULL, NULL);
     }
     if (nt)
         atomic_fetch_add(&c_attempts, 1);
-    int64_t due = deferred ? now + retry_delay(job->attempt) : 0;
+    int64_t due = 0;
+    if (deferred) {
+        /* the last retry falls exactly at MAILGATE_MAX_AGE, never after it,
+         * and a recipient expires only once that age is reached */
+        due = util_now_ms() + retry_delay(job->attempt);
+        if (d.created_ms && due > d.created_ms + dv.max_age_ms)
+            due = d.created_ms + dv.max_age_ms;
+    }
     record(q, job, &d, o, nt, due);
     free(replies);
     free(o);
@@ -524,6 +627,7 @@ static void *worker_main(void *arg)
         smtp_session_free(w->sessions[i]);
         w->sessions[i] = NULL;
     }
+    pool_sync(w);
     queue_close(q);
     return NULL;
 }
@@ -611,6 +715,13 @@ int smtp_deliver_start(const struct smtp_deliver_config *c)
         dv.rs[i].tokens = dv.relays[i].rate;
         dv.rs[i].refilled = util_mono_ms();
     }
+    /* publish the pools for /metrics before any worker runs */
+    size_t np = dv.nrelays < POOL_RELAYS_MAX ? dv.nrelays : POOL_RELAYS_MAX;
+    for (size_t i = 0; i < np; i++) {
+        util_strlcpy(pools.names[i], dv.relays[i].name, sizeof(pools.names[i]));
+        pools.size[i] = dv.relays[i].pool < DELIVER_WORKERS_MAX ? dv.relays[i].pool : DELIVER_WORKERS_MAX;
+    }
+    atomic_store(&pools.nrelays, np);
     if (!dv.nrelays)
         log_kv(LOG_WARN, "no_relays", "reason", "MAILGATE_RELAYS is empty: messages will be deferred", NULL);
     /* Sessions write to sockets the relay may close: never die of SIGPIPE. */
@@ -645,6 +756,7 @@ int smtp_deliver_start(const struct smtp_deliver_config *c)
 int smtp_deliver_stop(int deadline_ms)
 {
     atomic_store(&dv.stop, 1);
+    atomic_store(&pools.nrelays, 0);
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += deadline_ms / 1000;

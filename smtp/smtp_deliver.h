@@ -6,6 +6,7 @@
 #ifndef MG_SMTP_DELIVER_H
 #define MG_SMTP_DELIVER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* Settings, copied by smtp_deliver_start. */
@@ -42,5 +43,30 @@ struct smtp_deliver_counters {
 /* smtp_deliver_counters_get - a snapshot of the counters (all zero when
  * the sender role is not running). */
 void smtp_deliver_counters_get(struct smtp_deliver_counters *out);
+
+struct hist; /* common/hist.h */
+
+/* smtp_deliver_hists - this process's latency histograms (static, never
+ * freed; the caller only reads them): *txn, seconds per smtp_session_send
+ * (one SMTP transaction, connection set-up excluded); *accepted_delivered,
+ * seconds from a message's acceptance (created_at) to each recipient's
+ * "delivered" outcome. */
+void smtp_deliver_hists(const struct hist **txn, const struct hist **accepted_delivered);
+
+#define SMTP_DELIVER_POOL_NAME_MAX 64 /* bytes of a relay name kept for /metrics */
+
+/* One relay's connection pool, as /metrics shows it. */
+struct smtp_deliver_pool {
+    char relay[SMTP_DELIVER_POOL_NAME_MAX]; /* the relay's name= (possibly cut) */
+    int size;                               /* pool=: connections allowed */
+    int open;                               /* sessions connected now */
+    int busy;                               /* of those, in a transaction now */
+};
+
+/* smtp_deliver_pools - the pools of the running sender, in relay order,
+ * into out[0..max). Returns how many were written (0 when the sender role
+ * is not running). Lock-free: each worker publishes its sessions' states
+ * in atomics, so the numbers are a moment's view, not a transaction's. */
+size_t smtp_deliver_pools(struct smtp_deliver_pool *out, size_t max);
 
 #endif

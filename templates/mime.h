@@ -276,4 +276,42 @@ int mime_dkim_canon_body(const char *body, size_t len, struct buf *out);
  * out is full (out unchanged). */
 int mime_dkim_canon_header(const char *field, size_t len, struct buf *out);
 
+/* ---- tracking rewrites (mime_track.c) ----------------------------------
+ * Pure functions over the html part, used before mime_build when a message
+ * is sent with open or click tracking. */
+
+#define MIME_TRACK_URL_MAX 8192    /* bytes of a link URL that is tracked; longer ones are left alone */
+
+/* mime_track_link_fn - asked for each http(s) link to track: url is the
+ * decoded URL (len bytes, not NUL-terminated), exactly what a browser would
+ * follow. Append the URL that replaces it to out (raw: the caller escapes
+ * it) and return 0; return 1 to leave the link alone, -1 to fail the
+ * rewrite. */
+typedef int (*mime_track_link_fn)(void *ctx, const char *url, size_t len, struct buf *out);
+
+/* mime_track_links - append html to out with the href of every <a> tag
+ * (name and attribute ASCII case-insensitive, value quoted either way or
+ * not) that holds an http: or https: URL replaced by what fn returns.
+ * Links with a data-mailgate-notrack attribute, other schemes (mailto:,
+ * relative, ...), links in comments and in raw-text elements (script,
+ * style) are copied unchanged; so is everything else. The replacement is
+ * written HTML-escaped in double quotes. Returns 0, or -1 when out is full
+ * or fn failed. */
+int mime_track_links(const char *html, size_t len, mime_track_link_fn fn, void *ctx, struct buf *out);
+
+/* mime_track_pixel - append html to out with a 1x1 <img> of pixel_url
+ * (escaped) inserted just before the last </body> (ASCII case-insensitive),
+ * or at the end when there is none. Returns 0 or -1 when out is full. */
+int mime_track_pixel(const char *html, size_t len, const char *pixel_url, struct buf *out);
+
+/* mime_html_attr_decode - append the value of an HTML attribute with its
+ * character references decoded as a browser does (numeric ones, and amp,
+ * lt, gt, quot, apos, nbsp; legacy names without ';' only when not
+ * followed by an alphanumeric or '='). Returns 0 or -1 when out is full. */
+int mime_html_attr_decode(const char *in, size_t len, struct buf *out);
+
+/* mime_html_attr_escape - append in with & " ' < > as character
+ * references, safe inside a quoted attribute value. 0 or -1 (full). */
+int mime_html_attr_escape(const char *in, size_t len, struct buf *out);
+
 #endif
