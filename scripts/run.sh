@@ -52,10 +52,26 @@ until /usr/bin/python3 -c "import socket,sys; socket.create_connection(('127.0.0
 done
 
 KEY=$(bin/mailgate key create --tenant dev)
+
+bin/mailgate serve &
+mg=$!
+pids="$mg $pids"
+# The banner comes once the gateway answers, so the printed curl works.
+i=0
+until /usr/bin/python3 -c "import urllib.request,sys; urllib.request.urlopen('http://$LISTEN/healthz', timeout=1)" 2>/dev/null; do
+    if ! kill -0 "$mg" 2>/dev/null; then
+        wait "$mg"; rc=$?
+        echo "make run: mailgate exited ($rc) before it was ready; see the log above" >&2
+        exit "$rc"
+    fi
+    i=$((i + 1)); [ $i -gt 100 ] && { echo "make run: mailgate did not answer on http://$LISTEN" >&2; exit 1; }
+    sleep 0.1
+done
 cat <<MSG
 
-mailgate is starting on http://$LISTEN
+mailgate is running on http://$LISTEN
   Redis:          $MAILGATE_REDIS_URL
+                  (the CLI needs it too: export MAILGATE_REDIS_URL=$MAILGATE_REDIS_URL)
   capture SMTP:   127.0.0.1:$SMTP_PORT  (messages land in var/mail/new/)
   dev API key:    $KEY
 
@@ -72,7 +88,6 @@ Then read it back (use the id the first command printed):
 Ctrl-C stops everything.
 MSG
 
-bin/mailgate serve &
-mg=$!
-pids="$mg $pids"
-wait "$mg" || true
+rc=0
+wait "$mg" || rc=$?
+exit "$rc"
