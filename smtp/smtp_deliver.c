@@ -421,9 +421,9 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
     const char *relay_name = "none";
     int tls_required = 0; /* a TLS failure is reported as the contract's "tls_required" */
     struct smtp_session *used = NULL;
+    uint64_t started_us = hist_clock_us(); /* the attempt's duration_ms counts connecting too */
     /* Like Postfix's maximal_queue_lifetime, a recipient past its age still
      * gets the attempt that was due; it expires when that one defers too. */
-    uint64_t started_us = hist_clock_us(); /* the attempt's duration_ms counts connecting too */
     if (nt && d.body) {
         struct smtp_rcpt fail = {0};
         int tried = -1;

@@ -31,7 +31,9 @@ BOUNCE_RULES = [{"cmd": "RCPT", "match": b, "reply": "550 5.1.1 No such user"} f
 # ---------------------------------------------------------------- helpers
 
 def rfc3339(ms):
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """ms since the epoch as RFC 3339 UTC, exact to the ms (no float rounding)."""
+    whole = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
+    return whole.strftime("%Y-%m-%dT%H:%M:%S") + ".%03dZ" % (ms % 1000)
 
 
 def id_ms(ev_id):
