@@ -123,3 +123,32 @@ def test_sigkill_one_of_two_senders_loses_nothing(redis, tmp_path):
         b.stop()
         a.stop()
         sink.stop()
+
+
+def test_poison_job_is_dead_lettered(redis, tmp_path, relay):
+    """A job taken over from dead senders too often (here: its claim count
+    says 3 already, and a 'ghost' consumer holds it) goes to mg:dead, its
+    recipient bounces soft with reason internal_error, and /metrics counts
+    it — instead of killing sender after sender."""
+    [mid] = preload(redis.port, "acme", 1)
+    redis.command("XGROUP", "CREATE", "mg:jobs:acme", "senders", "0", "MKSTREAM")
+    got = redis.command("XREADGROUP", "GROUP", "senders", "ghost", "COUNT", "1", "STREAMS", "mg:jobs:acme", ">")
+    entry = got[0][1][0][0]
+    entry = entry.decode() if isinstance(entry, bytes) else entry
+    redis.command("HSET", "mg:claims", "acme " + entry, "3")
+    r = relay()
+    mg, port = start_mailgate(redis, tmp_path, r.url, "poison", {"MAILGATE_CLAIM_TIMEOUT": "1s"})
+    try:
+        wait_until(lambda: int(redis.command("XLEN", "mg:dead")) == 1, timeout=30, desc="the job is dead-lettered")
+        state = redis.command("HGET", "mg:msg:%s:rcpt" % mid, "user0@example.com")
+        state = state.decode() if isinstance(state, bytes) else state
+        assert '"bounced"' in state and "internal_error" in state, state
+        import requests
+        events = [e for e in redis.command("LRANGE", "mg:msg:%s:events" % mid, "0", "-1")]
+        assert any(b"internal_error" in (e if isinstance(e, bytes) else e.encode()) for e in events), events
+        text = requests.get("http://127.0.0.1:%d/metrics" % port, timeout=10).text
+        assert "mailgate_queue_dead 1" in text
+        assert int(redis.command("XLEN", "mg:jobs:acme")) == 0
+        assert r.messages() == []
+    finally:
+        mg.stop()
