@@ -741,7 +741,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         snprintf(shown, sizeof(shown), "%.5s...", url);
     char dur[24];
     snprintf(dur, sizeof(dur), "%llu", (unsigned long long)((hist_clock_us() - gc->started_us) / 1000));
-    log_kv(r.status >= 500 ? LOG_WARN : LOG_DEBUG, "http", "request_id", gc->request_id, "method",
+    /* every API request is logged with its id at info; health probes and
+     * scrapes only at debug, so they do not drown the log */
+    int probe = !strcmp(url, "/healthz") || !strcmp(url, "/readyz") || !strcmp(url, "/metrics");
+    log_kv(r.status >= 500 ? LOG_WARN : probe ? LOG_DEBUG : LOG_INFO, "http", "request_id", gc->request_id, "method",
            method, "path", !strncmp(url, "/t/", 3) && strlen(url) > 5 ? shown : url, "status", status, "tenant",
            req.key.tenant[0] ? req.key.tenant : NULL, "duration_ms", dur, NULL);
     return send_resp(conn, gc, &r);
