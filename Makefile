@@ -29,7 +29,7 @@ ARCHIVES := $(foreach m,gateway smtp queue templates common,$(if $(filter-out ga
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
-.PHONY: all deps test unit e2e run asan clean fuzz bench
+.PHONY: all deps test unit e2e run asan clean fuzz bench bench-suite soak
 all: $(BIN)/mailgate
 
 $(BIN)/mailgate: $(MAINOBJ) $(ARCHIVES)
@@ -123,6 +123,12 @@ fuzz: $(foreach n,$(FUZZ_NAMES),$(FUZZ_DIR)/fuzz_$(n))
 BENCH_POOL ?= 4
 bench: deps all
 	MAILGATE_BIN=$(abspath $(BIN)/mailgate) bench/drain.sh $(BENCH_POOL)
+
+bench-suite: deps all
+	MAILGATE_BIN=$(abspath $(BIN)/mailgate) bench/suite.sh
+
+soak: deps all
+	MAILGATE_BIN=$(abspath $(BIN)/mailgate) bench/soak.sh
 
 clean:
 	rm -rf $(BUILD) $(BIN)

@@ -124,12 +124,13 @@ stop_mg() {
     stop "$MG_PID"
 }
 
-# wrk_post LIMIT CONNS SECONDS - POST the body with wrk (one thread);
-# LIMIT>0 offers exactly LIMIT messages. Sets WRK (the wrkjson object).
+# wrk_post CONNS SECONDS PORT - POST the body with wrk (one thread, CONNS
+# keep-alive connections) for SECONDS. Sets WRK (the wrkjson object). wrk
+# counts the answers it read; up to CONNS more requests may have been
+# accepted as it stopped, so counts of queued messages come from Redis.
 wrk_post() {
-    local port=$4
-    MG_BODY="$WORK/body.json" MG_KEY="$KEY" MG_LIMIT="$1" \
-        timeout $(($3 + 60)) wrk -t1 -c"$2" -d"$3"s -s "$HERE/post.lua" "http://127.0.0.1:$port" >"$WORK/wrk.out" 2>"$WORK/wrk.err" || {
+    MG_BODY="$WORK/body.json" MG_KEY="$KEY" \
+        timeout $(($2 + 60)) wrk -t1 -c"$1" -d"$2"s -s "$HERE/post.lua" "http://127.0.0.1:$3" >"$WORK/wrk.out" 2>"$WORK/wrk.err" || {
         echo "bench: wrk failed:" >&2; cat "$WORK/wrk.err" "$WORK/wrk.out" >&2; exit 1; }
     WRK=$(sed -n 's/^wrkjson //p' "$WORK/wrk.out")
     [ -n "$WRK" ] || { echo "bench: no wrk result:" >&2; cat "$WORK/wrk.out" "$WORK/wrk.err" >&2; exit 1; }

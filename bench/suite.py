@@ -125,6 +125,7 @@ async def paced(port, key, body, rate, seconds, conns, out):
             if d > 0:
                 await asyncio.sleep(d)
             start = time.monotonic()
+            wall = time.time()
             w.write(req)
             head = await r.readuntil(b"\r\n\r\n")
             m = re.search(rb"(?i)content-length:\s*(\d+)", head)
@@ -134,14 +135,14 @@ async def paced(port, key, body, rate, seconds, conns, out):
             mid = None
             if status == 202:
                 mid = json.loads(data)["id"]
-            res.append((i, start - due, end - start, status, mid))
+            res.append((i, start - due, end - start, status, mid, wall))
         w.close()
 
     await asyncio.gather(*[worker() for _ in range(conns)])
     lag = sorted(x[1] for x in res)
     rt = sorted(x[2] for x in res)
-    ok = [x[4] for x in res if x[3] == 202]
-    with open(out, "w") as f:
+    ok = ["%s %d" % (x[4], int(x[5] * 1000)) for x in sorted(res) if x[3] == 202]
+    with open(out, "w") as f:  # "id post_ms" per accepted message, in offer order
         f.write("\n".join(ok) + "\n")
     pct = lambda a, p: a[min(len(a) - 1, int(p / 100 * len(a)))] * 1000  # noqa: E731
     print(json.dumps({"offered": total, "accepted": len(ok), "rejected": len(res) - len(ok),
@@ -160,14 +161,17 @@ def iso_ms(s):
 
 
 def cmd_latency(port, idsfile):
-    ids = [x.strip() for x in open(idsfile) if x.strip()]
+    rows = [x.split() for x in open(idsfile) if x.strip()]
+    ids = [x[0] for x in rows]
+    post = {x[0]: int(x[1]) for x in rows if len(x) > 1}
     r = Redis(port)
     lat = []
+    e2e = []
     missing = 0
     for k in range(0, len(ids), 500):
         chunk = ids[k:k + 500]
         r.s.sendall(b"".join(resp("LRANGE", "mg:msg:%s:events" % i, "0", "-1") for i in chunk))
-        for _ in chunk:
+        for mid in chunk:
             evs = [json.loads(e) for e in r._read()]
             q = [e["created_at"] for e in evs if e["type"] == "queued"]
             d = [e["created_at"] for e in evs if e["type"] == "delivered"]
@@ -175,10 +179,14 @@ def cmd_latency(port, idsfile):
                 missing += 1
                 continue
             lat.append(iso_ms(d[0]) - iso_ms(q[0]))
+            if mid in post:
+                e2e.append(iso_ms(d[0]) - post[mid])
     lat.sort()
-    pct = lambda p: lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else -1  # noqa: E731
-    print(json.dumps({"messages": len(lat), "missing": missing, "p50_ms": pct(50), "p90_ms": pct(90),
-                      "p99_ms": pct(99), "max_ms": lat[-1] if lat else -1}))
+    e2e.sort()
+    pct = lambda a, p: a[min(len(a) - 1, int(p / 100 * len(a)))] if a else -1  # noqa: E731
+    print(json.dumps({"messages": len(lat), "missing": missing, "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90),
+                      "p99_ms": pct(lat, 99), "max_ms": lat[-1] if lat else -1,
+                      "post_p50_ms": pct(e2e, 50), "post_p99_ms": pct(e2e, 99), "post_max_ms": e2e[-1] if e2e else -1}))
 
 
 # ---- (d) Redis memory per queued message ---------------------------------

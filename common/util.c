@@ -4,6 +4,7 @@
 #include "common/util.h"
 
 #include <ctype.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +12,9 @@
 #include <time.h>
 
 #include <openssl/crypto.h>
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
 
 int64_t util_now_ms(void)
 {
@@ -210,4 +213,45 @@ size_t util_strlcpy(char *dst, const char *src, size_t size)
         dst[k] = '\0';
     }
     return n;
+}
+
+int util_seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+void util_nap(int ms, atomic_int *stop)
+{
+    while (ms > 0 && !(stop && atomic_load(stop))) {
+        int step = ms < 100 ? ms : 100;
+        struct timespec ts = {0, (long)step * 1000000L};
+        nanosleep(&ts, NULL);
+        ms -= step;
+    }
+}
+
+int util_hmac_sha256(const void *key, size_t keylen, const void *a, size_t alen, const void *b, size_t blen,
+                     unsigned char mac[32])
+{
+    size_t maclen = 0;
+    int ok = 0;
+    EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *ctx = m ? EVP_MAC_CTX_new(m) : NULL;
+    if (ctx) {
+        char digest[] = "SHA256";
+        OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+                               OSSL_PARAM_construct_end()};
+        ok = EVP_MAC_init(ctx, key, keylen, params) == 1 && EVP_MAC_update(ctx, a, alen) == 1 &&
+             (blen == 0 || EVP_MAC_update(ctx, b, blen) == 1) && EVP_MAC_final(ctx, mac, &maclen, 32) == 1 &&
+             maclen == 32;
+    }
+    EVP_MAC_CTX_free(ctx);
+    EVP_MAC_free(m);
+    return ok ? 0 : -1;
 }

@@ -4,6 +4,7 @@
 #ifndef MG_UTIL_H
 #define MG_UTIL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,6 +36,11 @@ void util_new_id(char out[33]);
 /* util_sha256_hex - SHA-256 of p as 64 hex digits + NUL into out[65]. */
 void util_sha256_hex(const void *p, size_t n, char out[65]);
 
+/* util_hmac_sha256 - HMAC-SHA256 (OpenSSL EVP_MAC) over the two parts a
+ * then b (b may be empty), keyed with key; mac gets 32 bytes. 0 or -1. */
+int util_hmac_sha256(const void *key, size_t keylen, const void *a, size_t alen, const void *b, size_t blen,
+                     unsigned char mac[32]);
+
 /* util_ct_equal - compare two n-byte strings in constant time. 1 if equal. */
 int util_ct_equal(const void *a, const void *b, size_t n);
 
@@ -48,6 +54,14 @@ int util_has_crlf(const char *s);
 /* util_utf8_valid - 1 when the n bytes at s are well-formed UTF-8 with no
  * NUL byte. */
 int util_utf8_valid(const char *s, size_t n);
+
+/* util_seterr - format a reason into err (when err and errlen are set)
+ * and return -1, so error paths read "return util_seterr(err, len, ...)". */
+int util_seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* util_nap - sleep about ms milliseconds in steps of at most 100 ms,
+ * returning early once *stop becomes non-zero (stop may be NULL). */
+void util_nap(int ms, atomic_int *stop);
 
 /* util_strlcpy - BSD strlcpy: copy with truncation, always NUL-terminated
  * when size > 0. Returns strlen(src). */

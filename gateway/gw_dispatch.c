@@ -73,12 +73,7 @@ static struct {
 /* nap - sleep ms, waking early when asked to stop. */
 static void nap(int ms)
 {
-    while (ms > 0 && !atomic_load(&dp.stop)) {
-        int step = ms < 100 ? ms : 100;
-        struct timespec ts = {0, (long)step * 1000000L};
-        nanosleep(&ts, NULL);
-        ms -= step;
-    }
+    util_nap(ms, &dp.stop);
 }
 
 static int backoff_next(int ms)
@@ -100,23 +95,9 @@ int gw_webhook_sign(const char *secret, long long t, const char *body, size_t bo
 {
     char prefix[32];
     int pl = snprintf(prefix, sizeof(prefix), "%lld.", t);
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    size_t maclen = 0;
-    int ok = 0;
-    EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    EVP_MAC_CTX *ctx = m ? EVP_MAC_CTX_new(m) : NULL;
-    if (ctx) {
-        char digest[] = "SHA256";
-        OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-                               OSSL_PARAM_construct_end()};
-        /* key = the secret string exactly as the API returned it */
-        ok = EVP_MAC_init(ctx, (const unsigned char *)secret, strlen(secret), params) == 1 &&
-             EVP_MAC_update(ctx, (const unsigned char *)prefix, (size_t)pl) == 1 &&
-             EVP_MAC_update(ctx, (const unsigned char *)body, bodylen) == 1 &&
-             EVP_MAC_final(ctx, mac, &maclen, sizeof(mac)) == 1 && maclen == 32;
-    }
-    EVP_MAC_CTX_free(ctx);
-    EVP_MAC_free(m);
+    unsigned char mac[32];
+    /* key = the secret string exactly as the API returned it */
+    int ok = util_hmac_sha256(secret, strlen(secret), prefix, (size_t)pl, body, bodylen, mac) == 0;
     if (!ok || outlen < 96)
         return -1;
     char hex[65];

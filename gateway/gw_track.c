@@ -114,21 +114,7 @@ static long b64u_decode(const char *s, size_t n, unsigned char *out)
 static int token_mac(const unsigned char *key, size_t keylen, const unsigned char *payload, size_t n,
                      unsigned char mac[32])
 {
-    size_t maclen = 0;
-    int ok = 0;
-    EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    EVP_MAC_CTX *ctx = m ? EVP_MAC_CTX_new(m) : NULL;
-    if (ctx) {
-        char digest[] = "SHA256";
-        OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-                               OSSL_PARAM_construct_end()};
-        ok = EVP_MAC_init(ctx, key, keylen, params) == 1 &&
-             EVP_MAC_update(ctx, (const unsigned char *)TRACK_CONTEXT, sizeof(TRACK_CONTEXT)) == 1 &&
-             EVP_MAC_update(ctx, payload, n) == 1 && EVP_MAC_final(ctx, mac, &maclen, 32) == 1 && maclen == 32;
-    }
-    EVP_MAC_CTX_free(ctx);
-    EVP_MAC_free(m);
-    return ok ? 0 : -1;
+    return util_hmac_sha256(key, keylen, TRACK_CONTEXT, sizeof(TRACK_CONTEXT), payload, n, mac);
 }
 
 /* field_ok - 1 when s is a non-empty token field shorter than max with no

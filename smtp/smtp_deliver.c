@@ -151,12 +151,7 @@ size_t smtp_deliver_pools(struct smtp_deliver_pool *out, size_t max)
 /* nap - sleep ms, waking early when asked to stop. */
 static void nap(int ms)
 {
-    while (ms > 0 && !atomic_load(&dv.stop)) {
-        int step = ms < 100 ? ms : 100;
-        struct timespec ts = {0, (long)step * 1000000L};
-        nanosleep(&ts, NULL);
-        ms -= step;
-    }
+    util_nap(ms, &dv.stop);
 }
 
 /* retry_delay - back-off for the given attempt, with +-10% jitter so that

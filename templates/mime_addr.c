@@ -38,19 +38,7 @@
 /* Longest decoded encoded-word we accept; RFC 2047 words are <= 75 chars. */
 #define EW_DECODED_MAX 128
 
-static int seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/* seterr - write a reason into err (if any) and return -1. */
-static int seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* is_atext - RFC 5322 atext, extended by RFC 6532 to any non-ASCII octet
  * (the whole input is known to be valid UTF-8). */
@@ -99,47 +87,47 @@ static int check_literal(const char *d, size_t n, char *err, size_t errlen)
 {
     char tmp[MIME_DOMAIN_MAX + 1];
     if (n < 3 || d[n - 1] != ']')
-        return seterr(err, errlen, "unterminated address literal");
+        return util_seterr(err, errlen, "unterminated address literal");
     size_t k = n - 2;
     memcpy(tmp, d + 1, k);
     tmp[k] = '\0';
     for (size_t i = 0; i < k; i++)
         if (!is_dtext((unsigned char)tmp[i]) || (unsigned char)tmp[i] >= 0x80)
-            return seterr(err, errlen, "invalid character in address literal");
+            return util_seterr(err, errlen, "invalid character in address literal");
     unsigned char bin[16];
     if (strncasecmp(tmp, "IPv6:", 5) == 0) {
         if (inet_pton(AF_INET6, tmp + 5, bin) != 1)
-            return seterr(err, errlen, "invalid IPv6 address literal");
+            return util_seterr(err, errlen, "invalid IPv6 address literal");
         return 0;
     }
     if (strspn(tmp, "0123456789.") == k) {
         if (inet_pton(AF_INET, tmp, bin) != 1)
-            return seterr(err, errlen, "invalid IPv4 address literal");
+            return util_seterr(err, errlen, "invalid IPv4 address literal");
         return 0;
     }
     /* General-address-literal: Ldh-str ":" 1*dcontent */
     const char *colon = strchr(tmp, ':');
     if (!colon || colon == tmp || !colon[1])
-        return seterr(err, errlen, "invalid address literal");
+        return util_seterr(err, errlen, "invalid address literal");
     for (const char *p = tmp; p < colon; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-'))
-            return seterr(err, errlen, "invalid address literal tag");
+            return util_seterr(err, errlen, "invalid address literal tag");
     if (colon[-1] == '-')
-        return seterr(err, errlen, "invalid address literal tag");
+        return util_seterr(err, errlen, "invalid address literal tag");
     return 0;
 }
 
 int mime_addr_check_email(const char *email, char *err, size_t errlen)
 {
     if (!email || !*email)
-        return seterr(err, errlen, "empty address");
+        return util_seterr(err, errlen, "empty address");
     size_t n = strlen(email);
     if (util_has_crlf(email))
-        return seterr(err, errlen, "address contains CR or LF");
+        return util_seterr(err, errlen, "address contains CR or LF");
     if (n > MIME_ADDR_MAX)
-        return seterr(err, errlen, "address longer than %d octets", MIME_ADDR_MAX);
+        return util_seterr(err, errlen, "address longer than %d octets", MIME_ADDR_MAX);
     if (!util_utf8_valid(email, n))
-        return seterr(err, errlen, "address is not valid UTF-8");
+        return util_seterr(err, errlen, "address is not valid UTF-8");
 
     const char *at;
     if (email[0] == '"') {
@@ -150,35 +138,35 @@ int mime_addr_check_email(const char *email, char *err, size_t errlen)
                 /* quoted-pair = "\" (VCHAR / WSP); UTF-8 allowed by RFC 6532 */
                 unsigned char c = (unsigned char)*p;
                 if (!(c == ' ' || c == '\t' || (c >= 33 && c <= 126) || c >= 0x80))
-                    return seterr(err, errlen, "invalid escape in quoted local part");
+                    return util_seterr(err, errlen, "invalid escape in quoted local part");
             } else if (!is_qtext((unsigned char)*p)) {
-                return seterr(err, errlen, "invalid character in quoted local part");
+                return util_seterr(err, errlen, "invalid character in quoted local part");
             }
             p++;
         }
         if (*p != '"')
-            return seterr(err, errlen, "unterminated quoted local part");
+            return util_seterr(err, errlen, "unterminated quoted local part");
         at = p + 1;
         if (*at != '@')
-            return seterr(err, errlen, "missing '@' after quoted local part");
+            return util_seterr(err, errlen, "missing '@' after quoted local part");
     } else {
         at = strchr(email, '@');
         if (!at)
-            return seterr(err, errlen, "missing '@' in address");
+            return util_seterr(err, errlen, "missing '@' in address");
         if (at == email)
-            return seterr(err, errlen, "empty local part");
+            return util_seterr(err, errlen, "empty local part");
         if (!dot_atom_ok(email, (size_t)(at - email)))
-            return seterr(err, errlen, "invalid local part");
+            return util_seterr(err, errlen, "invalid local part");
     }
     if ((size_t)(at - email) > MIME_LOCAL_MAX)
-        return seterr(err, errlen, "local part longer than %d octets", MIME_LOCAL_MAX);
+        return util_seterr(err, errlen, "local part longer than %d octets", MIME_LOCAL_MAX);
 
     const char *dom = at + 1;
     size_t dn = strlen(dom);
     if (dn == 0)
-        return seterr(err, errlen, "empty domain");
+        return util_seterr(err, errlen, "empty domain");
     if (dn > MIME_DOMAIN_MAX)
-        return seterr(err, errlen, "domain longer than %d octets", MIME_DOMAIN_MAX);
+        return util_seterr(err, errlen, "domain longer than %d octets", MIME_DOMAIN_MAX);
     if (dom[0] == '[')
         return check_literal(dom, dn, err, errlen);
     /* A dot-atom, narrowed to what SMTP can route (RFC 5321 §4.1.2
@@ -189,17 +177,17 @@ int mime_addr_check_email(const char *email, char *err, size_t errlen)
         unsigned char c = i < dn ? (unsigned char)dom[i] : '.';
         if (c == '.') {
             if (label == 0)
-                return seterr(err, errlen, "invalid domain: empty label");
+                return util_seterr(err, errlen, "invalid domain: empty label");
             if (label > 63)
-                return seterr(err, errlen, "domain label longer than 63 octets");
+                return util_seterr(err, errlen, "domain label longer than 63 octets");
             if (dom[i - 1] == '-' || dom[i - label] == '-')
-                return seterr(err, errlen, "invalid domain: label starts or ends with '-'");
+                return util_seterr(err, errlen, "invalid domain: label starts or ends with '-'");
             label = 0;
         } else if (c >= 0x80 || c == '-' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
                    (c >= '0' && c <= '9')) {
             label++;
         } else {
-            return seterr(err, errlen, "invalid character in domain");
+            return util_seterr(err, errlen, "invalid character in domain");
         }
     }
     return 0;
@@ -213,19 +201,19 @@ int mime_addr_set(struct mime_addr *a, const char *email, const char *name, char
     if (name && *name) {
         size_t n = strlen(name);
         if (util_has_crlf(name))
-            return seterr(err, errlen, "name contains CR or LF");
+            return util_seterr(err, errlen, "name contains CR or LF");
         if (n > MIME_NAME_MAX)
-            return seterr(err, errlen, "name longer than %d octets", MIME_NAME_MAX);
+            return util_seterr(err, errlen, "name longer than %d octets", MIME_NAME_MAX);
         if (!util_utf8_valid(name, n))
-            return seterr(err, errlen, "name is not valid UTF-8");
+            return util_seterr(err, errlen, "name is not valid UTF-8");
         a->name = strdup(name);
         if (!a->name)
-            return seterr(err, errlen, "out of memory");
+            return util_seterr(err, errlen, "out of memory");
     }
     a->email = strdup(email);
     if (!a->email) {
         mime_addr_free(a);
-        return seterr(err, errlen, "out of memory");
+        return util_seterr(err, errlen, "out of memory");
     }
     return 0;
 }
@@ -284,7 +272,7 @@ struct parser {
 
 static int perr(struct parser *ps, const char *what)
 {
-    return seterr(ps->err, ps->errlen, "%s at offset %zu", what, (size_t)(ps->p - ps->s));
+    return util_seterr(ps->err, ps->errlen, "%s at offset %zu", what, (size_t)(ps->p - ps->s));
 }
 
 /* skip_cfws - skip white space and (nested (comments)). */
@@ -523,7 +511,7 @@ static int finish_email(struct parser *ps, struct buf *email, char **out)
 {
     char why[128];
     if (mime_addr_check_email(email->data ? email->data : "", why, sizeof(why)) < 0)
-        return seterr(ps->err, ps->errlen, "%s: \"%.80s\"", why, email->data ? email->data : "");
+        return util_seterr(ps->err, ps->errlen, "%s: \"%.80s\"", why, email->data ? email->data : "");
     *out = buf_steal(email);
     return 0;
 }
@@ -555,7 +543,7 @@ static int angle_addr(struct parser *ps, char **email)
     if (skip_cfws(ps) < 0)
         goto fail;
     if (*ps->p != '@') {
-        seterr(ps->err, ps->errlen, "missing '@' in address \"%.80s\"", e.data);
+        util_seterr(ps->err, ps->errlen, "missing '@' in address \"%.80s\"", e.data);
         goto fail;
     }
     ps->p++;
@@ -645,7 +633,7 @@ static int address(struct parser *ps, struct mime_addr_list *out, struct mime_ad
             goto done;
         }
     } else if (ph.nwords) {
-        seterr(ps->err, ps->errlen, "missing '@' in address \"%.80s\"", ph.name.data ? ph.name.data : "");
+        util_seterr(ps->err, ps->errlen, "missing '@' in address \"%.80s\"", ph.name.data ? ph.name.data : "");
         goto done;
     } else {
         perr(ps, c ? "unexpected character" : "missing address");
@@ -657,7 +645,7 @@ static int address(struct parser *ps, struct mime_addr_list *out, struct mime_ad
         *one = a;
         memset(&a, 0, sizeof(a));
     } else if (mime_addr_list_push(out, &a) < 0) {
-        seterr(ps->err, ps->errlen, out->n >= MIME_ADDR_LIST_MAX ? "too many addresses" : "out of memory");
+        util_seterr(ps->err, ps->errlen, out->n >= MIME_ADDR_LIST_MAX ? "too many addresses" : "out of memory");
         goto done;
     }
     rc = 0;
@@ -671,11 +659,11 @@ done:
 static int check_input(const char *s, char *err, size_t errlen)
 {
     if (!s)
-        return seterr(err, errlen, "missing address");
+        return util_seterr(err, errlen, "missing address");
     if (util_has_crlf(s))
-        return seterr(err, errlen, "address contains CR or LF");
+        return util_seterr(err, errlen, "address contains CR or LF");
     if (!util_utf8_valid(s, strlen(s)))
-        return seterr(err, errlen, "address is not valid UTF-8");
+        return util_seterr(err, errlen, "address is not valid UTF-8");
     return 0;
 }
 

@@ -51,29 +51,18 @@ static const char *const owned_fields[] = {
     "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
 };
 
-static int seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-static int seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* check_addr - a mailbox filled by hand must meet mime_addr_set's rules. */
 static int check_addr(const struct mime_addr *a, const char *field, char *err, size_t errlen)
 {
     char why[128];
     if (mime_addr_check_email(a->email, why, sizeof(why)) < 0)
-        return seterr(err, errlen, "%s: %s", field, why);
+        return util_seterr(err, errlen, "%s: %s", field, why);
     if (a->name) {
         size_t n = strlen(a->name);
         if (util_has_crlf(a->name) || !util_utf8_valid(a->name, n) || n > MIME_NAME_MAX)
-            return seterr(err, errlen, "%s: display name has CR/LF, bad UTF-8 or is too long", field);
+            return util_seterr(err, errlen, "%s: display name has CR/LF, bad UTF-8 or is too long", field);
     }
     return 0;
 }
@@ -189,7 +178,7 @@ static int put_part_headers(struct buf *out, const char *type, const char *cte)
 static int check_message(const struct mime_message *m, char *err, size_t errlen)
 {
     if (!m->from.email)
-        return seterr(err, errlen, "missing From address");
+        return util_seterr(err, errlen, "missing From address");
     if (check_addr(&m->from, "From", err, errlen) < 0)
         return -1;
     const struct {
@@ -201,25 +190,25 @@ static int check_message(const struct mime_message *m, char *err, size_t errlen)
             if (check_addr(&lists[k].l->v[i], lists[k].field, err, errlen) < 0)
                 return -1;
     if (!message_id_ok(m->message_id))
-        return seterr(err, errlen, "invalid Message-ID");
+        return util_seterr(err, errlen, "invalid Message-ID");
     if (m->subject && (util_has_crlf(m->subject) || !util_utf8_valid(m->subject, strlen(m->subject))))
-        return seterr(err, errlen, "Subject contains CR or LF or is not valid UTF-8");
+        return util_seterr(err, errlen, "Subject contains CR or LF or is not valid UTF-8");
     for (size_t i = 0; i < m->nheaders; i++) {
         const struct mime_header_field *h = &m->headers[i];
         if (!mime_header_name_valid(h->name))
-            return seterr(err, errlen, "invalid header name \"%.80s\"", h->name ? h->name : "");
+            return util_seterr(err, errlen, "invalid header name \"%.80s\"", h->name ? h->name : "");
         for (size_t k = 0; k < sizeof(owned_fields) / sizeof(owned_fields[0]); k++)
             if (strcasecmp(h->name, owned_fields[k]) == 0)
-                return seterr(err, errlen, "header %s is set by mailgate", owned_fields[k]);
+                return util_seterr(err, errlen, "header %s is set by mailgate", owned_fields[k]);
         if (!h->value || util_has_crlf(h->value))
-            return seterr(err, errlen, "header %s: value contains CR or LF", h->name);
+            return util_seterr(err, errlen, "header %s: value contains CR or LF", h->name);
         if (!util_utf8_valid(h->value, strlen(h->value)))
-            return seterr(err, errlen, "header %s: value is not valid UTF-8", h->name);
+            return util_seterr(err, errlen, "header %s: value is not valid UTF-8", h->name);
     }
     if (m->text && !util_utf8_valid(m->text, strlen(m->text)))
-        return seterr(err, errlen, "text body is not valid UTF-8");
+        return util_seterr(err, errlen, "text body is not valid UTF-8");
     if (m->html && !util_utf8_valid(m->html, strlen(m->html)))
-        return seterr(err, errlen, "html body is not valid UTF-8");
+        return util_seterr(err, errlen, "html body is not valid UTF-8");
     return 0;
 }
 
@@ -255,11 +244,11 @@ int mime_attachment_set(struct mime_attachment *a, const char *filename, const c
     memset(a, 0, sizeof(*a));
     *which = "filename";
     if (!mime_filename_valid(filename))
-        return seterr(err, errlen, "must be 1 to %d bytes of UTF-8 without control characters (CR, LF, TAB...)",
+        return util_seterr(err, errlen, "must be 1 to %d bytes of UTF-8 without control characters (CR, LF, TAB...)",
                       MIME_FILENAME_MAX);
     *which = "content_type";
     if (content_type && !mime_content_type_valid(content_type))
-        return seterr(err, errlen, "must be a media type \"type/subtype\" without parameters "
+        return util_seterr(err, errlen, "must be a media type \"type/subtype\" without parameters "
                                    "(not multipart/* or message/*)");
     /* "<id>" as written in a Content-ID field is accepted too. */
     char cid[MIME_CONTENT_ID_MAX + 1];
@@ -271,11 +260,11 @@ int mime_attachment_set(struct mime_attachment *a, const char *filename, const c
             n -= 2;
         }
         if (n > MIME_CONTENT_ID_MAX)
-            return seterr(err, errlen, "is longer than %d characters", MIME_CONTENT_ID_MAX);
+            return util_seterr(err, errlen, "is longer than %d characters", MIME_CONTENT_ID_MAX);
         memcpy(cid, content_id, n);
         cid[n] = '\0';
         if (!mime_content_id_valid(cid))
-            return seterr(err, errlen, "must be like \"logo\" or \"logo.png@acme.example\" "
+            return util_seterr(err, errlen, "must be like \"logo\" or \"logo.png@acme.example\" "
                                        "(RFC 5322 atoms and dots, at most one @)");
     }
     *which = "content";
@@ -287,7 +276,7 @@ int mime_attachment_set(struct mime_attachment *a, const char *filename, const c
     if (!a->filename || (content_type && !a->content_type) || (content_id && !a->content_id)) {
         mime_attachment_free(a);
         *which = "content";
-        return seterr(err, errlen, "out of memory");
+        return util_seterr(err, errlen, "out of memory");
     }
     return 0;
 }
@@ -308,19 +297,19 @@ void mime_attachment_free(struct mime_attachment *a)
 static int check_attachments(const struct mime_message *m, char *err, size_t errlen)
 {
     if (m->nattachments > MIME_ATTACH_MAX)
-        return seterr(err, errlen, "more than %d attachments", MIME_ATTACH_MAX);
+        return util_seterr(err, errlen, "more than %d attachments", MIME_ATTACH_MAX);
     if (m->nattachments && !m->attachments)
-        return seterr(err, errlen, "attachments missing");
+        return util_seterr(err, errlen, "attachments missing");
     for (size_t i = 0; i < m->nattachments; i++) {
         const struct mime_attachment *a = &m->attachments[i];
         if (!mime_filename_valid(a->filename))
-            return seterr(err, errlen, "attachment %zu: invalid file name", i);
+            return util_seterr(err, errlen, "attachment %zu: invalid file name", i);
         if (a->content_type && !mime_content_type_valid(a->content_type))
-            return seterr(err, errlen, "attachment %zu: invalid content type", i);
+            return util_seterr(err, errlen, "attachment %zu: invalid content type", i);
         if (a->content_id && !mime_content_id_valid(a->content_id))
-            return seterr(err, errlen, "attachment %zu: invalid content id", i);
+            return util_seterr(err, errlen, "attachment %zu: invalid content id", i);
         if (a->len && !a->data)
-            return seterr(err, errlen, "attachment %zu: no data", i);
+            return util_seterr(err, errlen, "attachment %zu: no data", i);
     }
     return 0;
 }
@@ -514,13 +503,13 @@ int mime_build(const struct mime_message *m, struct buf *out, char *err, size_t 
 
     if ((m->text && encode_body(m->text, !nested, &text, &text_cte) < 0) ||
         (m->html && encode_body(m->html, !nested, &html, &html_cte) < 0)) {
-        seterr(err, errlen, "message too large");
+        util_seterr(err, errlen, "message too large");
         goto done;
     }
     char bm[sizeof(BOUNDARY_PREFIX) + 2 * BOUNDARY_RANDOM], br[sizeof(bm)], ba[sizeof(bm)];
     if ((mixed && new_boundary(bm, &text, &html) < 0) || (related && new_boundary(br, &text, &html) < 0) ||
         (alt && new_boundary(ba, &text, &html) < 0)) {
-        seterr(err, errlen, "cannot choose a multipart boundary");
+        util_seterr(err, errlen, "cannot choose a multipart boundary");
         goto done;
     }
     if (put_headers(m, out) < 0)
@@ -560,7 +549,7 @@ int mime_build(const struct mime_message *m, struct buf *out, char *err, size_t 
     rc = 0;
     goto done;
 full:
-    seterr(err, errlen, "message too large");
+    util_seterr(err, errlen, "message too large");
 done:
     if (rc < 0) {
         out->len = start;

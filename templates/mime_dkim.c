@@ -22,6 +22,7 @@
  * an error message or log, only the entry's domain, selector and path.
  * Which tenant may use which key is decided by the caller (gateway).
  */
+#include "common/util.h"
 #include "templates/mime.h"
 
 #include <ctype.h>
@@ -62,18 +63,7 @@ static const char *const sign_fields[] = {
     "content-type", "content-transfer-encoding", "list-unsubscribe", "list-unsubscribe-post",
 };
 
-static int seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-static int seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* ---- canonicalization --------------------------------------------------- */
 
@@ -257,27 +247,27 @@ static int load_key(struct mime_dkim_key *k, const char *path, char *err, size_t
 {
     FILE *f = fopen(path, "r");
     if (!f)
-        return seterr(err, errlen, "%s:%s: cannot open %s: %s", k->domain, k->selector, path, strerror(errno));
+        return util_seterr(err, errlen, "%s:%s: cannot open %s: %s", k->domain, k->selector, path, strerror(errno));
     fclose(f);
     BIO *bio = BIO_new_file(path, "r");
     if (!bio)
-        return seterr(err, errlen, "%s:%s: cannot open %s", k->domain, k->selector, path);
+        return util_seterr(err, errlen, "%s:%s: cannot open %s", k->domain, k->selector, path);
     ERR_clear_error();
     k->pkey = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
     BIO_free(bio);
     ERR_clear_error();
     if (!k->pkey)
-        return seterr(err, errlen, "%s:%s: %s holds no unencrypted PEM private key", k->domain, k->selector, path);
+        return util_seterr(err, errlen, "%s:%s: %s holds no unencrypted PEM private key", k->domain, k->selector, path);
     if (EVP_PKEY_is_a(k->pkey, "ED25519")) {
         k->ed25519 = 1;
         k->bits = 256;
     } else if (EVP_PKEY_is_a(k->pkey, "RSA")) {
         k->bits = EVP_PKEY_get_bits(k->pkey);
         if (k->bits < MIME_DKIM_RSA_MIN_BITS)
-            return seterr(err, errlen, "%s:%s: the RSA key in %s has %d bits; at least %d are needed (RFC 8301)",
+            return util_seterr(err, errlen, "%s:%s: the RSA key in %s has %d bits; at least %d are needed (RFC 8301)",
                           k->domain, k->selector, path, k->bits, MIME_DKIM_RSA_MIN_BITS);
     } else {
-        return seterr(err, errlen, "%s:%s: the key in %s is neither RSA nor Ed25519", k->domain, k->selector, path);
+        return util_seterr(err, errlen, "%s:%s: the key in %s is neither RSA nor Ed25519", k->domain, k->selector, path);
     }
     return 0;
 }
@@ -296,13 +286,13 @@ int mime_dkim_keys_load(const char *spec, struct mime_dkim_keys **out, char *err
 {
     *out = NULL;
     if (strlen(spec) >= SPEC_MAX)
-        return seterr(err, errlen, "value too long");
+        return util_seterr(err, errlen, "value too long");
     struct mime_dkim_keys *ks = calloc(1, sizeof(*ks));
     char *copy = strdup(spec);
     if (!ks || !copy) {
         free(ks);
         free(copy);
-        return seterr(err, errlen, "out of memory");
+        return util_seterr(err, errlen, "out of memory");
     }
     char *save = NULL;
     for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
@@ -311,32 +301,32 @@ int mime_dkim_keys_load(const char *spec, struct mime_dkim_keys **out, char *err
             continue;
         char *c1 = strchr(e, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
         if (!c2) {
-            seterr(err, errlen, "entry \"%.100s\": expected domain:selector:/path/key.pem", e);
+            util_seterr(err, errlen, "entry \"%.100s\": expected domain:selector:/path/key.pem", e);
             goto fail;
         }
         *c1 = *c2 = '\0';
         char *dom = trim(e), *sel = trim(c1 + 1), *path = trim(c2 + 1);
         if (!dns_name_ok(dom, MIME_DOMAIN_MAX)) {
-            seterr(err, errlen, "\"%.100s\" is not a domain name", dom);
+            util_seterr(err, errlen, "\"%.100s\" is not a domain name", dom);
             goto fail;
         }
         if (!dns_name_ok(sel, MIME_DKIM_SELECTOR_MAX)) {
-            seterr(err, errlen, "%s: \"%.100s\" is not a selector (letters, digits, '-', '_' and dots)", dom, sel);
+            util_seterr(err, errlen, "%s: \"%.100s\" is not a selector (letters, digits, '-', '_' and dots)", dom, sel);
             goto fail;
         }
         if (!*path) {
-            seterr(err, errlen, "%s:%s: no key file", dom, sel);
+            util_seterr(err, errlen, "%s:%s: no key file", dom, sel);
             goto fail;
         }
         if (ks->n == MIME_DKIM_KEYS_MAX) {
-            seterr(err, errlen, "more than %d keys", MIME_DKIM_KEYS_MAX);
+            util_seterr(err, errlen, "more than %d keys", MIME_DKIM_KEYS_MAX);
             goto fail;
         }
         for (char *p = dom; *p; p++)
             *p = (char)tolower((unsigned char)*p);
         for (size_t i = 0; i < ks->n; i++)
             if (!strcmp(ks->v[i].domain, dom)) {
-                seterr(err, errlen, "%s has more than one key", dom);
+                util_seterr(err, errlen, "%s has more than one key", dom);
                 goto fail;
             }
         struct mime_dkim_key *k = &ks->v[ks->n++];
@@ -504,7 +494,7 @@ int mime_dkim_sign(const struct mime_dkim_key *key, struct buf *msg, int64_t now
         hlen = (size_t)(sep - m) + 2;
         boff = hlen + 2;
     } else {
-        return seterr(err, errlen, "DKIM: the message has no header/body separator");
+        return util_seterr(err, errlen, "DKIM: the message has no header/body separator");
     }
     struct field *f = malloc(SIGN_FIELDS_MAX * sizeof(*f));
     struct buf hdr, data;
@@ -514,11 +504,11 @@ int mime_dkim_sign(const struct mime_dkim_key *key, struct buf *msg, int64_t now
     int rc = -1;
     size_t nf = 0;
     if (!f || !md) {
-        seterr(err, errlen, "out of memory");
+        util_seterr(err, errlen, "out of memory");
         goto done;
     }
     if (parse_fields(m, hlen, f, &nf) < 0) {
-        seterr(err, errlen, "DKIM: malformed or too many header fields");
+        util_seterr(err, errlen, "DKIM: malformed or too many header fields");
         goto done;
     }
 
@@ -527,7 +517,7 @@ int mime_dkim_sign(const struct mime_dkim_key *key, struct buf *msg, int64_t now
     unsigned int bhl = 0;
     if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 || body_canon(m + boff, len - boff, sink_md, md) < 0 ||
         EVP_DigestFinal_ex(md, bh, &bhl) != 1) {
-        seterr(err, errlen, "DKIM: cannot hash the body");
+        util_seterr(err, errlen, "DKIM: cannot hash the body");
         goto done;
     }
     char bh64[64], tok[MIME_DOMAIN_MAX + 64];
@@ -585,7 +575,7 @@ int mime_dkim_sign(const struct mime_dkim_key *key, struct buf *msg, int64_t now
     char sig64[1400];
     if (EVP_PKEY_get_size(key->pkey) > (int)sizeof(sig) || sign_data(key, &data, sig, &siglen) < 0 ||
         b64(sig, siglen, sig64, sizeof(sig64)) < 0) {
-        seterr(err, errlen, "DKIM: signing with the key for %s failed", key->domain);
+        util_seterr(err, errlen, "DKIM: signing with the key for %s failed", key->domain);
         goto done;
     }
     /* b= folded: base64 may be split by FWS anywhere (RFC 6376 §3.5). */
@@ -611,7 +601,7 @@ int mime_dkim_sign(const struct mime_dkim_key *key, struct buf *msg, int64_t now
     buf_init(&signed_msg, msg->max);
     if (buf_append(&signed_msg, hdr.data, hdr.len) < 0 || buf_append(&signed_msg, m, len) < 0) {
         buf_free(&signed_msg);
-        seterr(err, errlen, "message too large");
+        util_seterr(err, errlen, "message too large");
         goto done;
     }
     buf_free(msg);
@@ -619,7 +609,7 @@ int mime_dkim_sign(const struct mime_dkim_key *key, struct buf *msg, int64_t now
     rc = 0;
     goto done;
 nomem:
-    seterr(err, errlen, "out of memory");
+    util_seterr(err, errlen, "out of memory");
 done:
     EVP_MD_CTX_free(md);
     free(f);
