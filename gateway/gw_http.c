@@ -27,7 +27,7 @@
 #include "common/log.h"
 #include "common/util.h"
 
-#define GW_THREADS 4
+#define GW_THREADS 8                                     /* MHD pool: requests block on Redis, so more than cores */
 #define GW_CONN_MAX 1024                                 /* connections at once */
 #define GW_CONN_PER_IP_MAX 128                           /* from one client address */
 #define GW_CONN_TIMEOUT_S 30                             /* idle or slow client (slow-loris) */
