@@ -56,6 +56,10 @@ void q_pipe_cmdv(struct q_pipe *p, int argc, const char **argv, const size_t *le
 redisReply **q_pipe_end(struct q_pipe *p);
 void q_replies_free(redisReply **r, int n);
 
+/* q_exec_ok - 1 when the last of n pipelined replies is an EXEC result in
+ * which no command failed; r may be NULL (then 0). */
+int q_exec_ok(redisReply **r, int n);
+
 /* q_event_append - queue, on pipeline p (usually inside MULTI), the one
  * command (a Lua script, queue_events.c) that records an event everywhere
  * it lives: its body mg:event:{id}, the tenant's indexes (all, type,

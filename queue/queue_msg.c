@@ -203,11 +203,7 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
     }
     q_pipe_cmd(&p, "EXEC");
     redisReply **r = q_pipe_end(&p);
-    int ok = r && r[p.n - 1]->type == REDIS_REPLY_ARRAY;
-    if (ok)
-        for (size_t i = 0; i < r[p.n - 1]->elements; i++)
-            if (r[p.n - 1]->element[i]->type == REDIS_REPLY_ERROR)
-                ok = 0;
+    int ok = q_exec_ok(r, p.n);
     q_replies_free(r, p.n);
     free(rcpts_s);
     free(tags_s);
@@ -292,11 +288,7 @@ int queue_track_event(struct queue *q, const char *tenant, const char *id, int e
     q_event_append(&p, tenant, id, ev, ev_s);
     q_pipe_cmd(&p, "EXEC");
     redisReply **r = q_pipe_end(&p);
-    int ok = r && r[p.n - 1]->type == REDIS_REPLY_ARRAY;
-    if (ok)
-        for (size_t i = 0; i < r[p.n - 1]->elements; i++)
-            if (r[p.n - 1]->element[i]->type == REDIS_REPLY_ERROR)
-                ok = 0;
+    int ok = q_exec_ok(r, p.n);
     q_replies_free(r, p.n);
     free(ev_s);
     return ok ? 0 : -1;

@@ -409,3 +409,13 @@ int queue_maxmemory_policy(struct queue *q, char *out, size_t outlen)
     freeReplyObject(r);
     return rc;
 }
+
+int q_exec_ok(redisReply **r, int n)
+{
+    if (!r || n < 1 || r[n - 1]->type != REDIS_REPLY_ARRAY)
+        return 0;
+    for (size_t i = 0; i < r[n - 1]->elements; i++)
+        if (r[n - 1]->element[i]->type == REDIS_REPLY_ERROR)
+            return 0;
+    return 1;
+}
