@@ -87,6 +87,15 @@ void buf_reset(struct buf *b)
         b->data[0] = '\0';
 }
 
+void buf_truncate(struct buf *b, size_t len)
+{
+    if (len > b->len)
+        return;
+    b->len = len;
+    if (b->data)
+        b->data[len] = '\0';
+}
+
 void buf_consume(struct buf *b, size_t n)
 {
     if (n >= b->len) {

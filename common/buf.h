@@ -42,6 +42,10 @@ int buf_vprintf(struct buf *b, const char *fmt, va_list ap);
 /* buf_reset - empty the buffer, keeping its memory and maximum. */
 void buf_reset(struct buf *b);
 
+/* buf_truncate - cut the buffer back to len bytes (len <= b->len), e.g.
+ * to undo a partial append after an error. Memory and maximum are kept. */
+void buf_truncate(struct buf *b, size_t len);
+
 /* buf_consume - drop the first n bytes (n <= len), moving the rest down. */
 void buf_consume(struct buf *b, size_t n);
 

@@ -255,3 +255,16 @@ int util_hmac_sha256(const void *key, size_t keylen, const void *a, size_t alen,
     EVP_MAC_free(m);
     return ok ? 0 : -1;
 }
+
+struct timespec util_deadline(int ms)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += ms / 1000;
+    t.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}

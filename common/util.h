@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /* util_now_ms - wall-clock time in ms since the Unix epoch. */
 int64_t util_now_ms(void);
@@ -58,6 +59,10 @@ int util_utf8_valid(const char *s, size_t n);
 /* util_seterr - format a reason into err (when err and errlen are set)
  * and return -1, so error paths read "return util_seterr(err, len, ...)". */
 int util_seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* util_deadline - the CLOCK_REALTIME instant ms from now, as the struct
+ * timespec pthread_timedjoin_np and friends take. */
+struct timespec util_deadline(int ms);
 
 /* util_nap - sleep about ms milliseconds in steps of at most 100 ms,
  * returning early once *stop becomes non-zero (stop may be NULL). */

@@ -416,14 +416,7 @@ int gw_dispatch_start(const struct gw_config *c)
 int gw_dispatch_stop(int deadline_ms)
 {
     atomic_store(&dp.stop, 1);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += deadline_ms / 1000;
-    until.tv_nsec += (long)(deadline_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = util_deadline(deadline_ms);
     int late = 0;
     for (int i = 0; i < DISPATCH_WORKERS; i++)
         if (dp.started[i] && pthread_timedjoin_np(dp.workers[i], NULL, &until) != 0)

@@ -752,14 +752,7 @@ int smtp_deliver_stop(int deadline_ms)
 {
     atomic_store(&dv.stop, 1);
     atomic_store(&pools.nrelays, 0);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += deadline_ms / 1000;
-    until.tv_nsec += (long)(deadline_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = util_deadline(deadline_ms);
     int late = 0;
     for (int i = 0; i < dv.nworkers; i++) {
         if (pthread_timedjoin_np(dv.workers[i].thread, NULL, &until) != 0) {

@@ -46,8 +46,6 @@ int smtp_dot_stuff(const char *in, size_t len, struct buf *out)
         goto full;
     return 0;
 full:
-    out->len = start;
-    if (out->data)
-        out->data[start] = '\0';
+    buf_truncate(out, start);
     return -1;
 }

@@ -425,9 +425,7 @@ static int ew_decode(const char *w, size_t n, struct buf *out)
         goto bad;
     return 0;
 bad:
-    out->len = start;
-    if (out->data)
-        out->data[start] = '\0';
+    buf_truncate(out, start);
     return -1;
 }
 
@@ -881,9 +879,7 @@ int mime_format_addr(const struct mime_addr *a, struct buf *out, size_t *col)
     }
     return 0;
 full:
-    out->len = start;
-    if (out->data)
-        out->data[start] = '\0';
+    buf_truncate(out, start);
     *col = col0;
     return -1;
 }

@@ -552,9 +552,7 @@ full:
     util_seterr(err, errlen, "message too large");
 done:
     if (rc < 0) {
-        out->len = start;
-        if (out->data)
-            out->data[start] = '\0';
+        buf_truncate(out, start);
     }
     buf_free(&text);
     buf_free(&html);

@@ -185,9 +185,7 @@ int mime_dkim_canon_body(const char *body, size_t len, struct buf *out)
 {
     size_t start = out->len;
     if (body_canon(body, len, sink_buf, out) < 0) {
-        out->len = start;
-        if (out->data)
-            out->data[start] = '\0';
+        buf_truncate(out, start);
         return -1;
     }
     return 0;
@@ -197,9 +195,7 @@ int mime_dkim_canon_header(const char *field, size_t len, struct buf *out)
 {
     size_t start = out->len;
     if (header_canon(field, len, sink_buf, out) < 0) {
-        out->len = start;
-        if (out->data)
-            out->data[start] = '\0';
+        buf_truncate(out, start);
         return -1;
     }
     return 0;
