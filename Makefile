@@ -12,7 +12,7 @@ CC       ?= cc
 BUILD    ?= build
 BIN      ?= bin
 PYTHON   := /usr/bin/python3
-PKGS     := libmicrohttpd jansson hiredis libssl libcrypto libcurl libidn2
+PKGS     := libmicrohttpd jansson hiredis libssl libcrypto libcurl libidn2 zlib
 OPT      ?= -O2 -g
 SAN      ?=
 CFLAGS   := $(OPT) $(SAN) -std=c17 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
@@ -100,7 +100,7 @@ FUZZ_TIME  ?= 20
 FUZZ_DIR   := $(BUILD)/fuzz
 FUZZ_FLAGS := -g -O1 -std=c17 -D_GNU_SOURCE -I. $(shell pkg-config --cflags $(PKGS) 2>/dev/null) \
               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-FUZZ_LIBS  := $(shell pkg-config --libs jansson libcrypto libidn2 2>/dev/null) -pthread -lm
+FUZZ_LIBS  := $(shell pkg-config --libs jansson libcrypto libidn2 zlib 2>/dev/null) -pthread -lm
 FUZZ_MIME  := templates/mime_addr.c templates/mime_build.c templates/mime_encode.c templates/mime_dkim.c
 FUZZ_SRC_addr := $(FUZZ_MIME)
 FUZZ_SRC_mime := $(FUZZ_MIME)

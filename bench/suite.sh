@@ -161,7 +161,7 @@ d = json.load(open(sys.argv[1]))
 for k in d["keys"]:
     if k["bytes_per_msg"] >= 8:
         print("    %-40s %6d B/msg" % (k["key"], k["bytes_per_msg"]))
-print("    %-40s %6d B/msg  (used_memory delta: %d; body alone: %d)" % ("sum", d["sum_per_msg"], d["used_delta_per_msg"], d["body_bytes"]))
+print("    %-40s %6d B/msg  (used_memory delta: %d; body as stored: %d bytes)" % ("sum", d["sum_per_msg"], d["used_delta_per_msg"], d["body_bytes"]))
 ' "$WORK/memory.1.json"
     stop_redis
     say "(d) Redis $(median d_redis) B per queued message $(range d_redis) (target <= 4096);" \

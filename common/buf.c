@@ -18,8 +18,7 @@ static size_t buf_limit(const struct buf *b)
     return b->max && b->max < BUF_HARD_MAX ? b->max : BUF_HARD_MAX;
 }
 
-/* buf_reserve - make room for n more bytes plus the NUL. */
-static int buf_reserve(struct buf *b, size_t n)
+int buf_reserve(struct buf *b, size_t n)
 {
     if (n > buf_limit(b) || b->len > buf_limit(b) - n)
         return -1;
@@ -46,6 +45,12 @@ int buf_append(struct buf *b, const void *p, size_t n)
     b->len += n;
     b->data[b->len] = '\0';
     return 0;
+}
+
+void buf_extend(struct buf *b, size_t n)
+{
+    b->len += n;
+    b->data[b->len] = '\0';
 }
 
 int buf_puts(struct buf *b, const char *s)

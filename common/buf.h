@@ -39,6 +39,16 @@ int buf_putc(struct buf *b, char c);
 int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int buf_vprintf(struct buf *b, const char *fmt, va_list ap);
 
+/* buf_reserve - make room for n more bytes (and the NUL) without using
+ * them, so that a producer such as zlib can write at data + len; then
+ * buf_extend says how many it wrote. 0, or -1 (unchanged) when the result
+ * would exceed the maximum or memory runs out. */
+int buf_reserve(struct buf *b, size_t n);
+
+/* buf_extend - count n more bytes, already written at data + len, as used
+ * (n at most what the last buf_reserve made room for). */
+void buf_extend(struct buf *b, size_t n);
+
 /* buf_reset - empty the buffer, keeping its memory and maximum. */
 void buf_reset(struct buf *b);
 

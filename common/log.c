@@ -10,6 +10,20 @@
 #include <unistd.h>
 
 static enum log_level log_min = LOG_INFO;
+
+/* Lines held by this thread between log_hold and log_release. */
+#define LOG_HOLD_MAX 16384 /* bytes held before they are written anyway */
+static _Thread_local struct buf held;
+static _Thread_local int held_on;
+
+static void log_flush_held(void)
+{
+    if (held.len) {
+        ssize_t w = write(STDERR_FILENO, held.data, held.len);
+        (void)w;
+        buf_reset(&held);
+    }
+}
 static const char *log_names[] = {"debug", "info", "warn", "error"};
 
 void log_set_level(enum log_level level)
@@ -74,9 +88,24 @@ void log_kv(enum log_level level, const char *event, ...)
     }
     va_end(ap);
     buf_puts(&b, "}\n");
-    if (b.data) {
+    if (b.data && held_on && held.len + b.len <= LOG_HOLD_MAX) {
+        buf_append(&held, b.data, b.len);
+    } else if (b.data) {
+        log_flush_held();
         ssize_t w = write(STDERR_FILENO, b.data, b.len);
         (void)w;
     }
     buf_free(&b);
+}
+
+void log_hold(void)
+{
+    held_on = 1;
+}
+
+void log_release(void)
+{
+    log_flush_held();
+    buf_free(&held); /* nothing stays allocated in a thread that may end */
+    held_on = 0;
 }

@@ -25,4 +25,15 @@ int log_parse_level(const char *s, enum log_level *out);
  * Thread-safe: a line is written with one write(2). */
 void log_kv(enum log_level level, const char *event, ...);
 
+/* log_hold - from now on this thread's lines are kept in a thread-local
+ * buffer (at most 16 KB; past that they are written at once) and written
+ * together, with one write(2), by log_release: a request's or a batch's
+ * lines then cost one system call. Lines of other threads never
+ * interleave with them. Hold only around work that ends (a request, a
+ * batch of deliveries), since held lines are late by that long. */
+void log_hold(void);
+
+/* log_release - write the lines held since log_hold and stop holding. */
+void log_release(void);
+
 #endif

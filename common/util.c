@@ -4,6 +4,7 @@
 #include "common/util.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
+#include <openssl/rand.h>
 
 int64_t util_now_ms(void)
 {
@@ -100,14 +102,10 @@ int util_parse_rfc3339(const char *s, int64_t *ms)
 
 int util_random_bytes(void *p, size_t n)
 {
-    unsigned char *c = p;
-    while (n) {
-        ssize_t r = getrandom(c, n, 0);
-        if (r < 0)
-            return -1;
-        c += r;
-        n -= (size_t)r;
-    }
+    /* OpenSSL's DRBG (seeded and reseeded from the OS): fresh bytes for
+     * every call, without a system call for each. Used for secrets. */
+    if (n > INT_MAX || RAND_bytes(p, (int)n) != 1)
+        return -1;
     return 0;
 }
 
@@ -122,10 +120,31 @@ void util_hex(const void *p, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
+/* id_random - n (<= ID_POOL) random bytes for an id, from this thread's
+ * pool, refilled with one call when it runs out (before: one getrandom per
+ * id). Ids must be unique, not secret: keys and tokens use
+ * util_random_bytes. */
+#define ID_POOL 256
+static void id_random(unsigned char *out, size_t n)
+{
+    static _Thread_local unsigned char pool[ID_POOL];
+    static _Thread_local size_t left;
+    if (left < n) {
+        if (util_random_bytes(pool, sizeof(pool)) < 0) {
+            if (getrandom(out, n, 0) < 0) /* the OS directly, as before */
+                memset(out, 0, n);
+            return;
+        }
+        left = sizeof(pool);
+    }
+    memcpy(out, pool + sizeof(pool) - left, n);
+    left -= n;
+}
+
 void util_new_id(char out[33])
 {
     unsigned char r[10];
-    util_random_bytes(r, sizeof(r));
+    id_random(r, sizeof(r));
     snprintf(out, 13, "%012llx", (unsigned long long)util_now_ms() & 0xffffffffffffULL);
     util_hex(r, sizeof(r), out + 12);
 }

@@ -23,7 +23,8 @@ char *util_rfc3339(int64_t ms, char *out, size_t outlen);
  * epoch. Returns 0, or -1 when s is not a valid RFC 3339 date-time. */
 int util_parse_rfc3339(const char *s, int64_t *ms);
 
-/* util_random_bytes - fill p with n bytes from the OS CSPRNG. Returns 0/-1. */
+/* util_random_bytes - fill p with n fresh bytes from OpenSSL's CSPRNG
+ * (RAND_bytes; seeded from the OS). For secrets. Returns 0/-1. */
 int util_random_bytes(void *p, size_t n);
 
 /* util_hex - lower-case hex of n bytes into out (2n+1 bytes). */

@@ -4,7 +4,8 @@
  * matching webhooks, and DISPATCH_WORKERS threads that claim due
  * deliveries and POST them, signed, with libcurl.
  *
- * Flow: mg:feed --(group "dispatchers", Lua fan-out + XACK + XDEL)-->
+ * Flow: mg:feed (tenant, event id) --(group "dispatchers", Lua fan-out
+ * that reads the event's body mg:event:{e} by id + XACK + XDEL)-->
  * mg:whd:{w}:{e} + mg:wh:due --(Lua claim with a lease)--> POST -->
  * done | retry at now + back-off | give up 24 h after the event.
  * Every attempt sends the body bytes stored at fan-out, so an event keeps

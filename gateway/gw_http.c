@@ -709,6 +709,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         gw_error(&r, 413, "payload_too_large", NULL, "request body exceeds %zu bytes", GW_BODY_MAX);
         return send_resp(conn, gc, &r);
     }
+    /* the request's lines (message_queued, …, http) go out in one write */
+    log_hold();
     struct gw_req req = {
         .method = method,
         .path = url,
@@ -747,6 +749,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     log_kv(r.status >= 500 ? LOG_WARN : probe ? LOG_DEBUG : LOG_INFO, "http", "request_id", gc->request_id, "method",
            method, "path", !strncmp(url, "/t/", 3) && strlen(url) > 5 ? shown : url, "status", status, "tenant",
            req.key.tenant[0] ? req.key.tenant : NULL, "duration_ms", dur, NULL);
+    log_release();
     return send_resp(conn, gc, &r);
 }
 

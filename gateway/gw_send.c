@@ -5,7 +5,9 @@
  * Validation is complete before anything is written: the first problem is
  * answered with a 4xx naming the failing field ("to[1]", "headers.X-Tag"),
  * and nothing is queued. The rendered message is stored with its record,
- * recipients, events and job in one Redis transaction (queue layer).
+ * recipients, events and job in one Redis transaction (queue layer), in
+ * one round trip that also checks the suppression list: a listed
+ * recipient aborts it, and it is made again with that one "suppressed".
  * Attachments are base64-decoded and checked here; the rendered message is
  * bounded by MAILGATE_MAX_MESSAGE_SIZE (413) and DKIM-signed last, when the
  * From domain has a key and the tenant's allowed_from names that domain.
@@ -512,24 +514,57 @@ static void add_rcpts(struct queue_rcpt *v, size_t *n, const struct mime_addr_li
     }
 }
 
-/* mark_suppressed - recipients on the tenant's suppression list get status
- * "suppressed" (recorded, never sent). 0, or -1 with resp set (503). */
-static int mark_suppressed(struct gw_req *req, struct gw_resp *resp, struct queue_rcpt *v, size_t n)
+/* recheck_suppressed - after a failed build of the personal copies: mark
+ * the recipients on the tenant's suppression list "suppressed" (recorded,
+ * never sent). Returns how many were found (0: none), or -1 when Redis
+ * failed. */
+static int recheck_suppressed(struct gw_req *req, struct queue_rcpt *v, size_t n)
 {
     const char **emails = calloc(n ? n : 1, sizeof(*emails));
     int *hit = calloc(n ? n : 1, sizeof(*hit));
+    if (!emails || !hit) {
+        free(emails);
+        free(hit);
+        return -1;
+    }
     for (size_t i = 0; i < n; i++)
         emails[i] = v[i].email;
     int rc = queue_supp_check(req->q, req->key.tenant, emails, n, hit);
+    int found = 0;
     for (size_t i = 0; rc == 0 && i < n; i++)
-        if (hit[i])
+        if (hit[i]) {
             v[i].status = "suppressed";
+            found++;
+        }
     free(emails);
     free(hit);
-    if (rc < 0) {
-        gw_error(resp, 503, "unavailable", NULL, "the queue store (Redis) is unavailable; nothing was queued");
-        util_strlcpy(resp->retry_after, "5", sizeof(resp->retry_after));
+    return rc < 0 ? -1 : found;
+}
+
+/* enqueue - store the message with the suppression check in the same
+ * round trip (queue_message_enqueue_checked). Recipients found suppressed
+ * become "suppressed" (no job, and no personal copy: copies[i] is freed)
+ * and the message is stored again without them, so a second round trip is
+ * paid only when somebody is suppressed. 0, or -1 as queue_message_enqueue. */
+static int enqueue(struct queue *q, struct queue_new_message *qm, struct queue_rcpt *rcpts, struct buf *copies)
+{
+    int *hit = calloc(qm->nrcpts ? qm->nrcpts : 1, sizeof(*hit));
+    if (!hit)
+        return -1;
+    int rc;
+    /* each pass marks at least one more recipient, so this ends */
+    while ((rc = queue_message_enqueue_checked(q, qm, hit)) == 1) {
+        for (size_t i = 0; i < qm->nrcpts; i++) {
+            if (!hit[i])
+                continue;
+            rcpts[i].status = "suppressed";
+            if (copies)
+                buf_free(&copies[i]);
+            rcpts[i].body = NULL;
+            rcpts[i].bodylen = 0;
+        }
     }
+    free(hit);
     return rc;
 }
 
@@ -870,16 +905,31 @@ void gw_send_object(struct gw_req *req, json_t *o, struct gw_resp *resp)
     add_rcpts(rcpts, &nr, &s.to, st);
     add_rcpts(rcpts, &nr, &s.cc, st);
     add_rcpts(rcpts, &nr, &s.bcc, st);
-    if (mark_suppressed(req, resp, rcpts, nr) < 0) {
-        free(rcpts);
-        buf_free(&body);
-        goto out;
-    }
+    /* Suppressions are not looked up here: the enqueue below checks them
+     * in its own round trip and, on a hit, writes nothing and says who;
+     * until then every recipient is taken to be sendable. */
     struct buf *copies = NULL;
     if (personal) {
         buf_free(&body);
         copies = calloc(nr ? nr : 1, sizeof(*copies));
-        if (!copies || build_copies(&s, &mm, id, rcpts, nr, copies, now) < 0) {
+        int brc = copies ? build_copies(&s, &mm, id, rcpts, nr, copies, now) : -1;
+        /* A copy that fails (too long an address to track, all copies too
+         * large) may belong to a suppressed recipient, who gets none: look
+         * the list up now and build again, as if it had been known. */
+        if (brc < 0 && copies && recheck_suppressed(req, rcpts, nr) > 0) {
+            for (size_t i = 0; i < nr; i++) {
+                buf_free(&copies[i]);
+                rcpts[i].body = NULL;
+                rcpts[i].bodylen = 0;
+            }
+            memset(copies, 0, nr * sizeof(*copies));
+            json_decref(resp->body);
+            resp->body = NULL;
+            resp->status = 0;
+            resp->retry_after[0] = '\0';
+            brc = build_copies(&s, &mm, id, rcpts, nr, copies, now);
+        }
+        if (brc < 0) {
             if (!copies)
                 gw_error(resp, 500, "internal", NULL, "out of memory");
             for (size_t i = 0; copies && i < nr; i++)
@@ -912,7 +962,7 @@ void gw_send_object(struct gw_req *req, json_t *o, struct gw_resp *resp)
     /* An EXEC whose reply was lost (Redis went away) may have committed:
      * look before saying "nothing was queued", or a retrying client would
      * send the message twice. */
-    if (queue_message_enqueue(req->q, &qm) < 0 && queue_message_exists(req->q, id) != 1) {
+    if (enqueue(req->q, &qm, rcpts, copies) < 0 && queue_message_exists(req->q, id) != 1) {
         gw_error(resp, 503, "unavailable", NULL, "the queue store (Redis) is unavailable; nothing was queued");
         util_strlcpy(resp->retry_after, "5", sizeof(resp->retry_after));
     } else {

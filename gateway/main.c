@@ -93,11 +93,20 @@ static int serve(const struct gw_config *c, int argc, char **argv)
         fprintf(stderr, "mailgate: cannot initialise libcurl\n");
         return 1;
     }
+    /* The API's cache of keys and tenant settings, kept by Redis
+     * invalidations; not used until its subscriber is connected. */
+    char err[256];
+    if (api && queue_cache_start(c->redis_url, err, sizeof(err)) < 0) {
+        fprintf(stderr, "mailgate: MAILGATE_REDIS_URL: %s\n", err);
+        return 1;
+    }
     struct gw_config http = *c;
     if (!api) /* sender: health and metrics only, when asked for */
         snprintf(http.listen, sizeof(http.listen), "%s", c->admin_listen);
-    if ((api || http.listen[0]) && gw_http_start(&http) < 0)
+    if ((api || http.listen[0]) && gw_http_start(&http) < 0) {
+        queue_cache_stop();
         return 1;
+    }
     if (sender) {
         struct smtp_deliver_config dc = {
             .redis_url = c->redis_url, .relays = c->relays, .helo = c->helo,
@@ -107,11 +116,13 @@ static int serve(const struct gw_config *c, int argc, char **argv)
         };
         if (smtp_deliver_start(&dc) < 0) {
             gw_http_stop();
+            queue_cache_stop();
             return 1;
         }
         if (gw_dispatch_start(c) < 0) {
             smtp_deliver_stop((int)c->shutdown_ms);
             gw_http_stop();
+            queue_cache_stop();
             return 1;
         }
     }
@@ -127,6 +138,7 @@ static int serve(const struct gw_config *c, int argc, char **argv)
         gw_dispatch_stop((int)c->shutdown_ms);
     }
     gw_http_stop();
+    queue_cache_stop();
     log_kv(LOG_INFO, "stopped", NULL);
     return 0;
 }

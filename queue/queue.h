@@ -13,14 +13,17 @@
  *   mg:msg:{id}:body:{n}       string recipient n's own copy (n from 1, its place in rcpts),
  *                                     instead of :body, when the message is tracked or has
  *                                     unsubscribe links ("copies" in mg:msg:{id} = n max)
- *   mg:msg:{id}:events         list  event JSON, oldest first
+ *   mg:msg:{id}:events         list  event ids, oldest first (each JSON is mg:event:{ev id};
+ *                                     an older version's list holds JSON: it begins with '{')
  *   mg:msg:{id}:uniq           set   "opened_unique:{email}", "clicked_unique:{email}":
  *                                     who opened / clicked already (unique counts)
- *   mg:msg:{id} field st               the status the message is indexed under
+ *   mg:msg:{id} field st               the status the message is indexed under (a final one)
  *   mg:tenant:{t}:messages     zset  message ids, all scored 0 (lex order = time order)
  *   mg:msgi:{t}:tag:{tag}      zset  the same, of messages with that tag
  *   mg:msgi:{t}:rcpt:{email}   zset  the same, of messages to that (lower-cased) address
- *   mg:msgi:{t}:status:{s}     zset  the same, of messages whose status is now s
+ *   mg:msgi:{t}:status:{s}     zset  the same, of messages whose status is now s, for the
+ *                                     final statuses only: queued, scheduled and sending are
+ *                                     answered from the other indexes and mg:open
  *   mg:event:{ev id}           string event JSON: the one stored copy; SET NX makes
  *                                     recording an event idempotent
  *   mg:evi:{t}                 zset  the tenant's event ids, all scored 0 (lex = time)
@@ -28,8 +31,9 @@
  *   mg:evi:{t}:rcpt:{email}    zset  the same, of one (lower-cased) recipient
  *   mg:stats:{t}:{day ms}      hash  "{HH}:{counter}" -> count, for the UTC day
  *   mg:stats:{t}:{day ms}:tag:{tag} hash  the same, of events with that tag
- *   Retention (queue_set_retention_ms): every index write trims entries
- *   older than the retention (ZREMRANGEBYLEX) and refreshes the index's TTL;
+ *   Retention (queue_set_retention_ms): index writes trim entries older
+ *   than the retention (ZREMRANGEBYLEX; a process trims one index at most
+ *   about once a second) and refresh the index's TTL;
  *   mg:event:*, mg:msg:{id}, :rcpt, :events, :uniq expire a retention after
  *   their last event (a scheduled message: after it is due); stats days
  *   expire a retention after the day ends. Nothing sweeps.
@@ -47,10 +51,14 @@
  *   mg:delayed                 zset  job JSON ({t,m,r,a}) by due time (ms); moved back to
  *                                     the tenant's stream by
  *                                     a Lua script, so several schedulers never double-fire
- *   mg:feed                    stream every event as it is recorded: t (tenant), e (event
- *                                     JSON); drained by the webhook dispatcher's group
+ *   mg:feed                    stream every event of a tenant that has a webhook, as it is
+ *                                     recorded: t (tenant), e (event id; an older version's
+ *                                     entries hold the JSON); drained by the dispatcher's group
  *   mg:open                    zset  ids of messages with a recipient not yet terminal,
  *                                     by created_at ms (the oldest is the queue's age)
+ *   mg:guard:{id}              string set (10 s) by the suppression guard of an enqueue
+ *                                     (queue_message_enqueue_checked) when a recipient is
+ *                                     suppressed: it is WATCHed, so the EXEC is aborted
  *   mg:secret                  string 32 random bytes: the key of tracking tokens when
  *                                     MAILGATE_SECRET is unset (SET NX: made once, shared)
  * The consumer group on every job stream is "senders". A job leaves its
@@ -86,7 +94,7 @@
 #define QUEUE_READ_STREAMS_MAX 64   /* tenant streams named in one XREADGROUP */
 #define QUEUE_MAX_CLAIMS 3          /* reclaims before a job is dead-lettered */
 #define QUEUE_DELAYED "mg:delayed"
-#define QUEUE_FEED "mg:feed"    /* stream: every event of every tenant (t, e), for webhooks */
+#define QUEUE_FEED "mg:feed"    /* stream: events (t, e = event id) of tenants with webhooks */
 #define QUEUE_OPEN "mg:open"    /* zset: messages with a non-terminal recipient, by created_at ms */
 #define QUEUE_KEY_MAX 128      /* bytes of an API key we accept */
 #define QUEUE_TENANT_MAX 64    /* bytes of a tenant name */
@@ -150,6 +158,28 @@ int queue_tenant_set(struct queue *q, const char *tenant, const char *const *pai
 /* queue_tenant_get - tenant settings as a JSON object (empty when none). */
 int queue_tenant_get(struct queue *q, const char *tenant, json_t **out);
 
+/* ---- key and tenant cache (queue_cache.c) ------------------------------
+ * queue_key_check and queue_tenant_get answer from a process-wide cache of
+ * key records and tenant settings (at most 10,000 entries, each kept at most
+ * 10 s) while, and only while, this process holds a live Redis
+ * invalidation subscription (Redis 6+ client-side caching, broadcast mode
+ * on mg:key: and mg:tenant:): a revoked key or a changed tenant setting is
+ * dropped from the cache as soon as Redis reports the write. Without the
+ * subscription (not started, starting, Redis down) every lookup goes to
+ * Redis; the cache is emptied whenever the subscription is (re)made or
+ * lost, and on FLUSHALL / FLUSHDB. */
+
+/* queue_cache_start - start the subscriber thread for url (as queue_open:
+ * direct, unix or Sentinel, with AUTH and SELECT); it connects and
+ * reconnects with back-off on its own, so an unreachable Redis is not an
+ * error here. Call once, from the process that serves the API. Returns 0,
+ * or -1 with a reason in err (a bad URL; no password in it). */
+int queue_cache_start(const char *url, char *err, size_t errlen);
+
+/* queue_cache_stop - stop and join the subscriber (within about 200 ms,
+ * or a connect timeout) and empty the cache; safe when not started. */
+void queue_cache_stop(void);
+
 /* ---- messages (queue_msg.c) ------------------------------------------- */
 
 struct queue_rcpt {
@@ -188,6 +218,19 @@ json_t *queue_event_new(const char *type, const char *msg_id, const char *rcpt, 
  * is stored as mg:msg:{id}:body:{i+1} and gets a job of its own (field b).
  * Returns 0 or -1. */
 int queue_message_enqueue(struct queue *q, const struct queue_new_message *m);
+
+/* queue_message_enqueue_checked - queue_message_enqueue with the
+ * suppression check in the same one round trip: WATCH mg:guard:{id} and
+ * mg:supp:{t}, a guard script that looks up the recipients whose status is
+ * not already "suppressed" (lower-cased, as queue_supp_check) and, when any
+ * is listed, touches the guard, then MULTI ... EXEC with every write done
+ * as if none were: Redis aborts that EXEC when a watched key changed, so a
+ * hit (or a suppression added meanwhile, then retried here) writes nothing.
+ * Returns 0 when stored; 1 when hit (m->nrcpts ints, caller's) marks the
+ * recipients found suppressed and nothing was stored: set their status
+ * (and drop their personal copies), then call again; -1 on error (the EXEC
+ * may have committed: ask queue_message_exists). */
+int queue_message_enqueue_checked(struct queue *q, const struct queue_new_message *m, int *hit);
 
 /* queue_message_exists - 1 when the message record exists, 0 when not,
  * -1 when Redis cannot say. Used after an EXEC whose reply was lost: the
@@ -294,11 +337,12 @@ struct queue_job {
                                 mg:msg:{id}:body:{n} of the job's one recipient */
 };
 
-/* queue_jobs_read - read up to max jobs for consumer, at most one per
- * tenant stream per call (round-robin over the tenants' streams, starting
- * at a rotating offset), blocking up to block_ms when there are none. The
- * jobs are pending for consumer until finished. Returns the number read
- * (0 when none arrived), or -1 on error. */
+/* queue_jobs_read - read up to max jobs for consumer from up to max tenant
+ * streams (round-robin over the tenants' streams, starting at a rotating
+ * offset), the same COUNT (max / streams) from each, interleaved by tenant
+ * in out; blocking up to block_ms when there are none. The jobs are
+ * pending for consumer until finished. Returns the number read (0 when
+ * none arrived), or -1 on error. */
 int queue_jobs_read(struct queue *q, const char *consumer, int block_ms, struct queue_job *out, int max);
 
 /* An entry a sender is working on, as its keeper thread knows it. */
@@ -344,6 +388,12 @@ struct queue_delivery {
  * one), record and recipient states of job.
  * Returns 0, 1 when the message no longer exists, -1 on error. */
 int queue_delivery_load(struct queue *q, const struct queue_job *job, struct queue_delivery *d);
+/* queue_delivery_load_many - queue_delivery_load for jobs[0..n) in one
+ * round trip: d[i] filled and gone[i] 0, or gone[i] 1 (message no longer
+ * exists, d[i] zeroed). Returns 0, or -1 on error (every d[i] zeroed; the
+ * jobs stay pending). The caller frees each d[i]. */
+int queue_delivery_load_many(struct queue *q, const struct queue_job *jobs, int n, struct queue_delivery *d,
+                             int *gone);
 void queue_delivery_free(struct queue_delivery *d);
 
 /* One recipient's outcome, as the sender decided it. */
@@ -367,6 +417,53 @@ struct queue_outcome {
  * pending and is read again). */
 int queue_job_finish(struct queue *q, const struct queue_job *job, const struct queue_delivery *d,
                      struct queue_outcome *o, size_t n, int64_t retry_due_ms);
+
+/* One job's outcomes for queue_jobs_finish (the arguments of
+ * queue_job_finish); all borrowed except the events, as there. */
+struct queue_finish {
+    const struct queue_job *job;
+    const struct queue_delivery *d;
+    struct queue_outcome *o;
+    size_t n;
+    int64_t retry_due_ms;
+    int done;                /* 1 once recorded (skipped by a retry) */
+};
+
+/* A queue_jobs_read to run after the outcomes, in the same round trip. */
+struct queue_read {
+    const char *consumer;
+    int block_ms;
+    struct queue_job *out;   /* up to max jobs; the caller frees them */
+    int max;
+    int n;                   /* out: jobs read, or -1 (failed or not sent) */
+};
+
+/* Outcomes written ahead, for a sender's batch: queue_jobs_rec_add writes
+ * one job's MULTI/EXEC (exactly as queue_job_finish, so one job's failed
+ * transaction never touches another's) to Redis at once, without waiting
+ * for its reply, so that it is recorded while the caller sends the next
+ * message; queue_jobs_rec_end reads every reply in one wait, with the
+ * read rd describes queued last when asked (it may block: what came
+ * before is recorded by then). Between begin and end the connection
+ * belongs to the recorder: no other call on q. A job whose bodies go only
+ * thanks to an earlier job of the same message whose reply is not in yet
+ * (merged into its d->rcpt_state by the caller) waits for that reply
+ * first: one more round trip. Each f added (borrowed until end) gets
+ * done = 1 once recorded; after a failure nothing more is written, and
+ * the events of a job not done stay with the caller, who retries with
+ * the same f (queue_jobs_finish; events are idempotent per event id).
+ * begin returns NULL on ENOMEM (then add does nothing and end returns
+ * -1); end frees r and returns 0, or -1 when a reply or the connection
+ * failed. rd->n: jobs read (the caller owns them), or -1. */
+struct queue_rec;
+struct queue_rec *queue_jobs_rec_begin(struct queue *q, struct queue_read *rd);
+void queue_jobs_rec_add(struct queue_rec *r, struct queue_finish *f);
+int queue_jobs_rec_end(struct queue_rec *r, int read);
+
+/* queue_jobs_finish - the f[i] not yet done through one recorder, with
+ * the read rd (may be NULL) at the end. Returns 0 when every f[i] is
+ * done, else -1 (then rd->n may still be >= 0: jobs read). */
+int queue_jobs_finish(struct queue *q, struct queue_finish *f, int n, struct queue_read *rd);
 
 /* queue_schedule_due - move up to max delayed jobs whose time has come to
  * the stream, atomically (Lua). Returns the number moved, or -1. */
@@ -541,7 +638,8 @@ int queue_wh_delete(struct queue *q, const char *tenant, const char *id);
  * first]}. 0, 1 when the webhook is unknown (or another tenant's), -1. */
 int queue_wh_deliveries(struct queue *q, const char *tenant, const char *id, json_t **out);
 
-/* One entry of mg:feed. event is owned (NULL when the entry was empty). */
+/* One entry of mg:feed. event is its e field, owned (NULL when the entry
+ * was empty): the event id, or from an older version the event JSON. */
 struct queue_feed_entry {
     char entry_id[48];
     char tenant[QUEUE_TENANT_MAX + 1];
@@ -565,7 +663,8 @@ int queue_feed_autoclaim(struct queue *q, const char *consumer, int64_t min_idle
 
 /* queue_feed_fanout - for each entry, atomically: make one delivery per
  * webhook of its tenant whose events include the event's type (due now),
- * then XACK + XDEL the entry. One round trip. *made (may be NULL) gets the
+ * with the event's body read by its id (none when it has expired), then
+ * XACK + XDEL the entry. One round trip. *made (may be NULL) gets the
  * deliveries made. 0, or -1 when any entry was not processed (it stays
  * pending). */
 int queue_feed_fanout(struct queue *q, const struct queue_feed_entry *v, int n, int64_t now_ms, int *made);

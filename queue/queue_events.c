@@ -5,12 +5,17 @@
  * helpers those queries share (cursors, id bounds).
  *
  * Design (key names are listed in queue.h):
- *  - An event is recorded by one Lua script (event_lua), queued by
- *    q_event_append on the caller's MULTI. Its first step is SET NX on
- *    the event's own key mg:event:{id}: when the key exists the event was
- *    already recorded (a worker replayed a transaction) and the script
+ *  - An event is recorded by one Lua script (q_lua_event, called by SHA1),
+ *    queued by q_event_append on the caller's MULTI. Its first step is SET
+ *    NX on the event's own key mg:event:{id}: when the key exists the event
+ *    was already recorded (a worker replayed a transaction) and the script
  *    does nothing else, so the message list, the indexes, the stats and
  *    the webhook feed each see an event exactly once.
+ *  - The JSON is stored once, in mg:event:{id}. The message's list, the
+ *    indexes and the feed hold the id; readers fetch bodies by id in Redis
+ *    (q_lua_msg_events: a message with its events is one round trip; a log
+ *    page is one MGET). Lists and feed entries an older version wrote hold
+ *    the JSON itself, told apart by its leading '{'.
  *  - Ids are time-ordered ("ev_" + 12 hex ms + 20 hex random; messages
  *    12 hex ms + 20 hex), so every index is a zset with all scores 0 read
  *    in lex order: newest first is ZREVRANGEBYLEX, since/until are lex
@@ -18,8 +23,9 @@
  *    happen (the random part), so paging has no duplicates and no gaps,
  *    and new events (larger ids) never shift the pages behind a cursor.
  *  - Retention is enforced where data is written, never by a sweeper:
- *    each index write trims the entries older than the retention with
- *    ZREMRANGEBYLEX and refreshes the index key's TTL (an index no longer
+ *    index writes trim the entries older than the retention with
+ *    ZREMRANGEBYLEX (a process trims one index at most about once a
+ *    second: trim_due) and refresh the index key's TTL (an index no longer
  *    written to expires whole); event bodies and per-message keys carry a
  *    TTL of the retention from their last event; queries also never read
  *    below the retention floor, so an entry not yet trimmed is not shown.
@@ -28,6 +34,11 @@
  *    the requested time range (ZLEXCOUNT, O(log n)), filtering the other
  *    in memory. One query examines at most Q_SCAN_MAX ids; past that it
  *    returns a short page whose cursor resumes after the last id examined.
+ *  - The transient message statuses (queued, scheduled, sending) have no
+ *    index: mg:open holds exactly the messages that have a recipient not
+ *    yet terminal, so such a query walks the tenant's messages (or the tag
+ *    or recipient index) and loads only the ids in mg:open, passing over
+ *    the others inside Redis (q_lua_open_ids).
  *
  * Limits: a page is at most 1000 items (QUEUE_LIMIT_MAX). Redis Cluster is
  * not supported (the scripts build key names from their arguments).
@@ -37,6 +48,7 @@
 #include "queue/queue_int.h"
 
 #include <ctype.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +58,8 @@
 
 #define Q_SCAN_MAX 5000       /* ids one filtered query examines before it returns */
 #define Q_FILTER_BATCH 500    /* ids read at a time when a filter is applied in memory */
+#define Q_OPEN_BATCH 1000     /* ids one Redis call passes over for a transient status query */
+#define Q_OPEN_SCAN_MAX 50000 /* ids such a query passes over before it returns */
 #define Q_EMAIL_MAX 320       /* bytes of an address used in an index key */
 #define Q_TAGS_MAX 100        /* tags counted per event (the API allows 100) */
 #define Q_KEY_MAX 1400        /* an index key: prefix, tenant (64), a tag (256 characters,
@@ -224,51 +238,102 @@ static int bounds_hold(const struct q_bounds *b, const char *id)
     return strcmp(id, b->lo) >= 0 && (!b->hi[0] || strcmp(id, b->hi) < 0);
 }
 
+/* ---- trimming ----------------------------------------------------------- */
+
+/* An index is trimmed (ZREMRANGEBYLEX below the retention floor) by this
+ * process at most about once a second per key, not on every write: the
+ * floor moves a second per second, so trimming more often removes next
+ * to nothing, and queries never read below the floor, so an entry a second
+ * past it is never shown. A fixed table of slots, each holding a key's
+ * hash and when this process last trimmed it; a key whose slot holds
+ * another key's hash trims (and takes the slot), so a busy key sharing a
+ * slot cannot keep a quiet one from ever being trimmed. */
+#define Q_TRIM_SLOTS 4096
+#define Q_TRIM_EVERY_MS 1000
+static _Atomic uint64_t trim_slots[Q_TRIM_SLOTS]; /* hash << 32 | mono ms (low 32 bits) */
+
+/* trim_due - 1 when the index named by (kind, tenant, name) is due a trim
+ * (the caller then trims it: it is noted as trimmed now). */
+static int trim_due(const char *kind, const char *tenant, const char *name)
+{
+    uint32_t h = 2166136261u; /* FNV-1a over the parts, each ended by 0xff */
+    const char *parts[] = {kind, tenant, name};
+    for (int i = 0; i < 3; i++) {
+        for (const char *s = parts[i] ? parts[i] : ""; *s; s++)
+            h = (h ^ (unsigned char)*s) * 16777619u;
+        h = (h ^ 0xffu) * 16777619u;
+    }
+    uint32_t now = (uint32_t)util_mono_ms();
+    _Atomic uint64_t *slot = &trim_slots[h % Q_TRIM_SLOTS];
+    uint64_t old = atomic_load_explicit(slot, memory_order_relaxed);
+    if (old && (uint32_t)(old >> 32) == h && (uint32_t)(now - (uint32_t)old) < Q_TRIM_EVERY_MS)
+        return 0;
+    /* of two threads at once, one trims */
+    return atomic_compare_exchange_strong(slot, &old, ((uint64_t)h << 32) | now);
+}
+
 /* ---- writing ---------------------------------------------------------- */
 
 /* Records one event, once. ARGV: 1 tenant, 2 message id, 3 event id,
  * 4 type, 5 recipient lower-cased ("" for none), 6 event JSON,
  * 7 retention ms, 8 trim bound of the event indexes ("(ev_<hex floor>"),
- * 9 stats day (ms of 00:00 UTC), 10 hour of day "HH", 11 counter name,
- * 12 unique counter name ("" for none), 13 when the stats keys expire
- * (ms), 14.. the event's tags (distinct). Returns 1, or 0 for a replay.
+ * 9 which indexes to trim (3 of '0'/'1': all, type, recipient), 10 stats
+ * day (ms of 00:00 UTC), 11 hour of day "HH", 12 counter name, 13 unique
+ * counter name ("" for none), 14 when the stats keys expire (ms), 15.. the
+ * event's tags (distinct). Returns 1, or 0 for a replay.
+ * The JSON is stored once, in mg:event:{id}; the message's list and the
+ * feed hold the id. The feed gets the event only when the tenant has a
+ * webhook (mg:wh:{t}): it exists for the dispatcher's fan-out alone.
+ * TTLs: a message key without one was made by this send's own
+ * transaction (PTTL -1) and gets the retention; later events only ever
+ * extend a TTL (GT: a scheduled message's is longer). A stats hash gets
+ * its expiry with its first field (the expiry is the day's, fixed).
  * A message whose record is gone (past its retention: an open or click
  * through a token that outlives it) gets nothing under its keys; the
  * event still goes to the tenant's log, the stats and the feed. */
-static const char event_lua[] =
-    "local t, m, id, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[7])\n"
-    "if not redis.call('SET', 'mg:event:' .. id, ARGV[6], 'NX', 'PX', ARGV[7]) then return 0 end\n"
-    "local function index(k)\n"
+const char q_lua_event[] =
+    "local t, m, id, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[7]\n"
+    "if not redis.call('SET', 'mg:event:' .. id, ARGV[6], 'NX', 'PX', ttl) then return 0 end\n"
+    "local function index(k, i)\n"
     "  redis.call('ZADD', k, 0, id)\n"
-    "  redis.call('ZREMRANGEBYLEX', k, '-', ARGV[8])\n"
-    "  redis.call('PEXPIRE', k, ARGV[7])\n"
-    "end\n"
-    "local function keep(k)\n"
-    "  local left = redis.call('PTTL', k)\n"
-    "  if left == -1 or (left >= 0 and left < ttl) then redis.call('PEXPIRE', k, ARGV[7]) end\n"
+    "  if string.byte(ARGV[9], i) == 49 then redis.call('ZREMRANGEBYLEX', k, '-', ARGV[8]) end\n"
+    "  redis.call('PEXPIRE', k, ttl)\n"
     "end\n"
     "local ix = 'mg:evi:' .. t\n"
-    "index(ix)\n"
-    "index(ix .. ':type:' .. ARGV[4])\n"
-    "if ARGV[5] ~= '' then index(ix .. ':rcpt:' .. ARGV[5]) end\n"
+    "index(ix, 1)\n"
+    "index(ix .. ':type:' .. ARGV[4], 2)\n"
+    "if ARGV[5] ~= '' then index(ix .. ':rcpt:' .. ARGV[5], 3) end\n"
     "local mk, uniq = 'mg:msg:' .. m, false\n"
-    "if redis.call('EXISTS', mk) == 1 then\n"
-    "  redis.call('RPUSH', mk .. ':events', ARGV[6])\n"
-    "  keep(mk) keep(mk .. ':rcpt') keep(mk .. ':events')\n"
-    "  if ARGV[12] ~= '' then\n"
-    "    uniq = redis.call('SADD', mk .. ':uniq', ARGV[12] .. ':' .. ARGV[5]) == 1\n"
-    "    keep(mk .. ':uniq')\n"
+    "local left = redis.call('PTTL', mk)\n"
+    "if left ~= -2 then\n"
+    "  local fresh = left == -1\n"
+    "  local function keep(k, new)\n"
+    "    if new then redis.call('PEXPIRE', k, ttl) else redis.call('PEXPIRE', k, ttl, 'GT') end\n"
+    "  end\n"
+    "  keep(mk, fresh)\n"
+    "  keep(mk .. ':rcpt', fresh)\n"
+    "  local ek = mk .. ':events'\n"
+    "  if redis.call('RPUSH', ek, id) == 1 then\n"
+    "    redis.call('PEXPIRE', ek, left > tonumber(ttl) and left or ttl)\n"
+    "  else\n"
+    "    keep(ek, fresh)\n"
+    "  end\n"
+    "  if ARGV[13] ~= '' then\n"
+    "    local uk = mk .. ':uniq'\n"
+    "    local new = redis.call('EXISTS', uk) == 0\n"
+    "    uniq = redis.call('SADD', uk, ARGV[13] .. ':' .. ARGV[5]) == 1\n"
+    "    keep(uk, new)\n"
     "  end\n"
     "end\n"
-    "local sk = 'mg:stats:' .. t .. ':' .. ARGV[9]\n"
+    "local sk = 'mg:stats:' .. t .. ':' .. ARGV[10]\n"
     "local function count(k)\n"
-    "  redis.call('HINCRBY', k, ARGV[10] .. ':' .. ARGV[11], 1)\n"
-    "  if uniq then redis.call('HINCRBY', k, ARGV[10] .. ':' .. ARGV[12], 1) end\n"
-    "  redis.call('PEXPIREAT', k, ARGV[13])\n"
+    "  local n = redis.call('HINCRBY', k, ARGV[11] .. ':' .. ARGV[12], 1)\n"
+    "  if uniq and redis.call('HINCRBY', k, ARGV[11] .. ':' .. ARGV[13], 1) == 1 then n = 1 end\n"
+    "  if n == 1 then redis.call('PEXPIREAT', k, ARGV[14]) end\n"
     "end\n"
     "count(sk)\n"
-    "for i = 14, #ARGV do count(sk .. ':tag:' .. ARGV[i]) end\n"
-    "redis.call('XADD', 'mg:feed', '*', 't', t, 'e', ARGV[6])\n"
+    "for i = 15, #ARGV do count(sk .. ':tag:' .. ARGV[i]) end\n"
+    "if redis.call('EXISTS', 'mg:wh:' .. t) == 1 then redis.call('XADD', 'mg:feed', '*', 't', t, 'e', id) end\n"
     "return 1\n";
 
 void q_event_append(struct q_pipe *p, const char *tenant, const char *msg_id, json_t *ev, const char *ev_s)
@@ -282,11 +347,15 @@ void q_event_append(struct q_pipe *p, const char *tenant, const char *msg_id, js
     int64_t ms = id_ms(id, "ev_");
     if (ms < 0)
         ms = util_now_ms();
-    char rcpt[Q_EMAIL_MAX + 1], ttl[24], trim[40], day[24], hour[8], expire[24], counter[48], uniq[48];
+    char rcpt[Q_EMAIL_MAX + 1], ttl[24], trim[40], mask[4], day[24], hour[8], expire[24], counter[48], uniq[48];
     lower_email(json_string_value(json_object_get(ev, "recipient")), rcpt, sizeof(rcpt));
     snprintf(ttl, sizeof(ttl), "%lld", (long long)retention_ms);
     int64_t floor_ms = util_now_ms() - retention_ms;
     snprintf(trim, sizeof(trim), "(ev_%012llx", (unsigned long long)(floor_ms > 0 ? floor_ms : 0));
+    mask[0] = trim_due("evi", tenant, "") ? '1' : '0';
+    mask[1] = trim_due("evi:type", tenant, type) ? '1' : '0';
+    mask[2] = rcpt[0] && trim_due("evi:rcpt", tenant, rcpt) ? '1' : '0';
+    mask[3] = '\0';
     int64_t day_ms = ms - ms % Q_DAY_MS;
     snprintf(day, sizeof(day), "%lld", (long long)day_ms);
     snprintf(hour, sizeof(hour), "%02d", (int)((ms - day_ms) / Q_HOUR_MS));
@@ -303,25 +372,22 @@ void q_event_append(struct q_pipe *p, const char *tenant, const char *msg_id, js
         uniq[0] = '\0';
 
     const char *argv[16 + Q_TAGS_MAX];
-    size_t lens[16 + Q_TAGS_MAX];
     int argc = 0;
-#define ARG(s) (argv[argc] = (s), lens[argc] = strlen(argv[argc]), argc++)
-    ARG("EVAL");
-    ARG(event_lua);
-    ARG("0");
-    ARG(tenant);
-    ARG(msg_id);
-    ARG(id);
-    ARG(type);
-    ARG(rcpt);
-    ARG(ev_s);
-    ARG(ttl);
-    ARG(trim);
-    ARG(day);
-    ARG(hour);
-    ARG(counter);
-    ARG(uniq);
-    ARG(expire);
+    argv[argc++] = "0";
+    argv[argc++] = tenant;
+    argv[argc++] = msg_id;
+    argv[argc++] = id;
+    argv[argc++] = type;
+    argv[argc++] = rcpt;
+    argv[argc++] = ev_s;
+    argv[argc++] = ttl;
+    argv[argc++] = trim;
+    argv[argc++] = mask;
+    argv[argc++] = day;
+    argv[argc++] = hour;
+    argv[argc++] = counter;
+    argv[argc++] = uniq;
+    argv[argc++] = expire;
     int first_tag = argc;
     size_t i;
     json_t *tag;
@@ -333,10 +399,18 @@ void q_event_append(struct q_pipe *p, const char *tenant, const char *msg_id, js
         for (int k = first_tag; k < argc && !dup; k++)
             dup = !strcmp(argv[k], s);
         if (!dup)
-            ARG(s);
+            argv[argc++] = s;
     }
-#undef ARG
-    q_pipe_cmdv(p, argc, argv, lens);
+    q_pipe_script(p, q_lua_event, argc, argv, NULL);
+}
+
+/* Statuses a message holds while a recipient is not terminal. They have
+ * no index of their own: mg:open already holds exactly the messages that
+ * have such a recipient, so a query for them walks the tenant's messages
+ * and keeps the ones in mg:open (queue_messages_query). */
+static int status_transient(const char *s)
+{
+    return !strcmp(s, "queued") || !strcmp(s, "scheduled") || !strcmp(s, "sending");
 }
 
 /* Re-derives a message's status from its recipients and moves it between
@@ -344,9 +418,12 @@ void q_event_append(struct q_pipe *p, const char *tenant, const char *msg_id, js
  * in queue_msg.c (the same rules, written twice because this one runs in
  * Redis, inside the transaction, where it sees every recipient's latest
  * status even when two senders finish jobs of one message at once).
- * ARGV: 1 tenant, 2 message id, 3 retention ms, 4 trim bound "(<hex>".
- * The status last indexed is kept in the record's field "st". */
-static const char status_lua[] =
+ * ARGV: 1 tenant, 2 message id, 3 retention ms, 4 trim bound "(<hex>" or
+ * "" (then nothing is trimmed; when given, every status index of the
+ * tenant is trimmed: the caller cannot know which one this call writes).
+ * The status indexed is kept in the record's field "st"; the transient
+ * statuses (status_transient) are not indexed and leave no "st". */
+const char q_lua_status[] =
     "local mk = 'mg:msg:' .. ARGV[2]\n"
     "if redis.call('EXISTS', mk) == 0 then return 0 end\n"
     "local n, open, queued, sched, dl, bo, su, ca = 0, 0, 0, 0, 0, 0, 0, 0\n"
@@ -367,12 +444,20 @@ static const char status_lua[] =
     "elseif n > 0 and dl == n then st = 'delivered' elseif dl > 0 then st = 'partially_delivered'\n"
     "elseif bo > 0 then st = 'bounced' elseif ca > 0 then st = 'cancelled'\n"
     "elseif n > 0 and su == n then st = 'suppressed' else st = 'queued' end\n"
+    "local ix = 'mg:msgi:' .. ARGV[1] .. ':status:'\n"
+    "if ARGV[4] ~= '' then\n"
+    "  for _, s in ipairs({'delivered', 'partially_delivered', 'bounced', 'suppressed', 'cancelled'}) do\n"
+    "    redis.call('ZREMRANGEBYLEX', ix .. s, '-', ARGV[4])\n"
+    "  end\n"
+    "end\n"
     "local old = redis.call('HGET', mk, 'st')\n"
     "if old == st then return 0 end\n"
-    "local ix = 'mg:msgi:' .. ARGV[1] .. ':status:'\n"
     "if old then redis.call('ZREM', ix .. old, ARGV[2]) end\n"
+    "if st == 'queued' or st == 'scheduled' or st == 'sending' then\n"
+    "  if old then redis.call('HDEL', mk, 'st') end\n"
+    "  return 1\n"
+    "end\n"
     "redis.call('ZADD', ix .. st, 0, ARGV[2])\n"
-    "redis.call('ZREMRANGEBYLEX', ix .. st, '-', ARGV[4])\n"
     "redis.call('PEXPIRE', ix .. st, ARGV[3])\n"
     "redis.call('HSET', mk, 'st', st)\n"
     "return 1\n";
@@ -386,31 +471,33 @@ static void msg_trim_bound(char *out, size_t outlen)
 
 void q_msg_reindex(struct q_pipe *p, const char *tenant, const char *msg_id)
 {
-    char ttl[24], trim[40];
+    char ttl[24], trim[40] = "";
     snprintf(ttl, sizeof(ttl), "%lld", (long long)retention_ms);
-    msg_trim_bound(trim, sizeof(trim));
-    const char *argv[] = {"EVAL", status_lua, "0", tenant, msg_id, ttl, trim};
-    size_t lens[7];
-    for (int i = 0; i < 7; i++)
-        lens[i] = strlen(argv[i]);
-    q_pipe_cmdv(p, 7, argv, lens);
+    if (trim_due("msgi:status", tenant, "*"))
+        msg_trim_bound(trim, sizeof(trim));
+    const char *argv[] = {"0", tenant, msg_id, ttl, trim};
+    q_pipe_script(p, q_lua_status, 5, argv, NULL);
 }
 
-/* msg_index_add - queue ZADD of id to index key, with the retention trim
- * and TTL refresh every index write does. */
-static void msg_index_add(struct q_pipe *p, const char *key, const char *id, const char *trim)
+/* msg_index_add - queue ZADD of id to index key (named by kind, tenant and
+ * name for the trim table), the retention trim when due, and the TTL. */
+static void msg_index_add(struct q_pipe *p, const char *key, const char *id, const char *kind, const char *tenant,
+                          const char *name)
 {
     q_pipe_cmd(p, "ZADD %s 0 %s", key, id);
-    q_pipe_cmd(p, "ZREMRANGEBYLEX %s - %s", key, trim);
+    if (trim_due(kind, tenant, name)) {
+        char trim[40];
+        msg_trim_bound(trim, sizeof(trim));
+        q_pipe_cmd(p, "ZREMRANGEBYLEX %s - %s", key, trim);
+    }
     q_pipe_cmd(p, "PEXPIRE %s %lld", key, (long long)retention_ms);
 }
 
 void q_msg_index(struct q_pipe *p, const struct queue_new_message *m)
 {
-    char trim[40], key[Q_KEY_MAX];
-    msg_trim_bound(trim, sizeof(trim));
+    char key[Q_KEY_MAX];
     snprintf(key, sizeof(key), "mg:tenant:%s:messages", m->tenant);
-    msg_index_add(p, key, m->id, trim);
+    msg_index_add(p, key, m->id, "msgi", m->tenant, "");
     size_t i;
     json_t *tag;
     json_array_foreach(m->tags, i, tag) {
@@ -418,13 +505,13 @@ void q_msg_index(struct q_pipe *p, const struct queue_new_message *m)
             continue;
         /* the same tag twice is one ZADD that changes nothing: harmless */
         snprintf(key, sizeof(key), "mg:msgi:%s:tag:%s", m->tenant, json_string_value(tag));
-        msg_index_add(p, key, m->id, trim);
+        msg_index_add(p, key, m->id, "msgi:tag", m->tenant, json_string_value(tag));
     }
     for (size_t k = 0; k < m->nrcpts; k++) {
         char rcpt[Q_EMAIL_MAX + 1];
         lower_email(m->rcpts[k].email, rcpt, sizeof(rcpt));
         snprintf(key, sizeof(key), "mg:msgi:%s:rcpt:%s", m->tenant, rcpt);
-        msg_index_add(p, key, m->id, trim);
+        msg_index_add(p, key, m->id, "msgi:rcpt", m->tenant, rcpt);
     }
     /* A scheduled message must outlive its wait: keep its keys until the
      * retention after it is due (events only ever extend a TTL). */
@@ -434,7 +521,23 @@ void q_msg_index(struct q_pipe *p, const struct queue_new_message *m)
         q_pipe_cmd(p, "PEXPIREAT mg:msg:%s:rcpt %lld", m->id, at);
         q_pipe_cmd(p, "PEXPIREAT mg:msg:%s:events %lld", m->id, at);
     }
-    q_msg_reindex(p, m->tenant, m->id);
+    /* The status index: a new message's status follows from the statuses
+     * it is stored with (the rules of q_lua_status), so no script is
+     * needed; a transient one has no index. */
+    const char **st = calloc(m->nrcpts ? m->nrcpts : 1, sizeof(*st));
+    if (!st) {
+        q_msg_reindex(p, m->tenant, m->id);
+        return;
+    }
+    for (size_t k = 0; k < m->nrcpts; k++)
+        st[k] = m->rcpts[k].status;
+    const char *status = queue_message_status(st, m->nrcpts);
+    free(st);
+    if (!status_transient(status)) {
+        snprintf(key, sizeof(key), "mg:msgi:%s:status:%s", m->tenant, status);
+        msg_index_add(p, key, m->id, "msgi:status", m->tenant, status);
+        q_pipe_cmd(p, "HSET mg:msg:%s st %s", m->id, status);
+    }
 }
 
 /* ---- reading ---------------------------------------------------------- */
@@ -445,48 +548,118 @@ typedef int (*q_load_fn)(struct queue *q, const char *tenant, char **ids, size_t
 /* A residual filter applied in memory. 1 to keep. */
 typedef int (*q_keep_fn)(json_t *item, const struct queue_query *qq);
 
+/* Lists a message's events, oldest first. ARGV: 1 message id, 2 the last
+ * place in its list to read (-1: all). Each element of mg:msg:{id}:events
+ * is an event id, whose body is mg:event:{id}; an element that begins
+ * with '{' is the JSON itself (a list written by an older version). An
+ * event whose body has expired reads as nil. MGET in slices: unpack() has
+ * a limit on the values it can return. */
+const char q_lua_msg_events[] =
+    "local v = redis.call('LRANGE', 'mg:msg:' .. ARGV[1] .. ':events', 0, tonumber(ARGV[2]))\n"
+    "local keys, at = {}, {}\n"
+    "for i = 1, #v do\n"
+    "  if string.byte(v[i], 1) ~= 123 then keys[#keys + 1] = 'mg:event:' .. v[i]; at[#at + 1] = i end\n"
+    "end\n"
+    "for s = 1, #keys, 1000 do\n"
+    "  local e = math.min(s + 999, #keys)\n"
+    "  local got = redis.call('MGET', unpack(keys, s, e))\n"
+    "  for k = s, e do v[at[k]] = got[k - s + 1] end\n"
+    "end\n"
+    "return v\n";
+
+void q_pipe_msg_events(struct q_pipe *p, const char *msg_id, int max)
+{
+    char last[24];
+    snprintf(last, sizeof(last), "%d", max > 0 ? max - 1 : -1);
+    const char *argv[] = {"0", msg_id, last};
+    q_pipe_script(p, q_lua_msg_events, 3, argv, NULL);
+}
+
+/* The ids of index KEYS[1] within [ARGV[2], ARGV[1]] (ZREVRANGEBYLEX
+ * bounds), newest first, at most ARGV[3] examined, that are members of
+ * KEYS[2] (mg:open). Returns {examined, the last id examined or "", ids
+ * kept...}: what a query for a transient status reads (status_transient). */
+const char q_lua_open_ids[] =
+    "local ids = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))\n"
+    "local out = {#ids, ids[#ids] or ''}\n"
+    "for _, id in ipairs(ids) do\n"
+    "  if redis.call('ZSCORE', KEYS[2], id) then out[#out + 1] = id end\n"
+    "end\n"
+    "return out\n";
+
 /* walk - the page of at most qq->limit items of index key, newest first,
  * within b, that keep() accepts (keep NULL: the index is the whole
- * filter). *next gets the cursor of kind after the page, or null when the
- * index holds nothing more in range. Returns 0 or -1. */
+ * filter). With open_only, only ids that are in mg:open are loaded (the
+ * others are passed over in Redis, Q_OPEN_BATCH at a time, up to
+ * Q_OPEN_SCAN_MAX per query). *next gets the cursor of kind after the
+ * page, or null when the index holds nothing more in range. 0 or -1. */
 static int walk(struct queue *q, const char *tenant, const char *key, struct q_bounds *b, const struct queue_query *qq,
-                char kind, q_load_fn load, q_keep_fn keep, json_t *data, json_t **next)
+                char kind, q_load_fn load, q_keep_fn keep, int open_only, json_t *data, json_t **next)
 {
-    int scanned = 0;
+    int scanned = 0, budget = open_only ? Q_OPEN_SCAN_MAX : Q_SCAN_MAX;
     char last[80] = "";
     *next = json_null();
     for (int round = 0;; round++) {
         /* Exactly what a page needs (+1 to know there is more); when a
          * filter turned ids down, read on in bigger steps. */
         int want = qq->limit - (int)json_array_size(data);
-        int batch = keep && round && want < Q_FILTER_BATCH ? Q_FILTER_BATCH : want + 1;
-        redisReply *r = q_cmd(q, "ZREVRANGEBYLEX %s %s %s LIMIT 0 %d", key, b->max, b->min, batch);
-        if (!r)
-            return -1;
-        size_t n = r->type == REDIS_REPLY_ARRAY ? r->elements : 0;
-        if (n == 0) {
+        int batch = open_only ? Q_OPEN_BATCH : keep && round && want < Q_FILTER_BATCH ? Q_FILTER_BATCH : want + 1;
+        redisReply *r;
+        size_t first = 0, n = 0; /* the candidates are r->element[first .. first + n) */
+        long long examined = 0;
+        const char *end = NULL;  /* the last id examined */
+        if (open_only) {
+            char cnt[16];
+            snprintf(cnt, sizeof(cnt), "%d", batch);
+            const char *argv[] = {"2", key, QUEUE_OPEN, b->max, b->min, cnt};
+            r = q_script_cmdv(q, q_lua_open_ids, 6, argv, NULL);
+            if (!r)
+                return -1;
+            if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[0]->type != REDIS_REPLY_INTEGER ||
+                r->element[1]->type != REDIS_REPLY_STRING) {
+                freeReplyObject(r);
+                return -1;
+            }
+            examined = r->element[0]->integer;
+            end = r->element[1]->str;
+            first = 2;
+            n = r->elements - 2;
+        } else {
+            r = q_cmd(q, "ZREVRANGEBYLEX %s %s %s LIMIT 0 %d", key, b->max, b->min, batch);
+            if (!r)
+                return -1;
+            n = r->type == REDIS_REPLY_ARRAY ? r->elements : 0;
+            examined = (long long)n;
+            end = n ? r->element[n - 1]->str : NULL;
+        }
+        if (examined == 0) {
             freeReplyObject(r);
             return 0;
         }
-        char **ids = calloc(n, sizeof(*ids));
-        json_t **items = calloc(n, sizeof(*items));
-        for (size_t i = 0; i < n; i++)
-            ids[i] = r->element[i]->str;
-        int rc = load(q, tenant, ids, n, items);
+        char **ids = calloc(n ? n : 1, sizeof(*ids));
+        json_t **items = calloc(n ? n : 1, sizeof(*items));
+        int rc = ids && items ? 0 : -1;
+        for (size_t i = 0; rc == 0 && i < n; i++)
+            ids[i] = r->element[first + i]->str;
+        if (rc == 0 && n)
+            rc = load(q, tenant, ids, n, items);
         size_t i = 0;
         for (; rc == 0 && i < n; i++) {
             if ((int)json_array_size(data) == qq->limit)
                 break; /* ids[i] is in range and unseen: there is more */
             util_strlcpy(last, ids[i], sizeof(last));
-            scanned++;
             if (items[i] && (!keep || keep(items[i], qq))) {
                 json_array_append_new(data, items[i]);
                 items[i] = NULL;
             }
         }
+        /* every candidate taken: all that was examined is behind the page */
+        if (rc == 0 && i == n && end)
+            util_strlcpy(last, end, sizeof(last));
+        scanned += (int)examined;
         int full = (int)json_array_size(data) == qq->limit;
-        int more = i < n || (int)n == batch;
-        for (size_t k = 0; k < n; k++)
+        int more = i < n || examined == batch;
+        for (size_t k = 0; items && k < n; k++)
             json_decref(items[k]);
         free(items);
         free(ids);
@@ -496,7 +669,7 @@ static int walk(struct queue *q, const char *tenant, const char *key, struct q_b
         if (!more)
             return 0;
         snprintf(b->max, sizeof(b->max), "(%s", last);
-        if (full || scanned >= Q_SCAN_MAX) {
+        if (full || scanned >= budget) {
             char cur[QUEUE_CURSOR_MAX];
             if (queue_cursor_encode(kind, last, cur, sizeof(cur)) == 0) {
                 json_decref(*next);
@@ -536,21 +709,35 @@ static json_t *parse_json(const redisReply *r)
     return json_loadb(r->str, r->len, 0, NULL);
 }
 
-/* load_events - MGET the bodies of n event ids. */
+/* load_events - the bodies of n event ids, in one MGET. */
 static int load_events(struct queue *q, const char *tenant, char **ids, size_t n, json_t **items)
 {
     (void)tenant;
-    struct q_pipe p;
-    q_pipe_begin(&p, q);
-    for (size_t i = 0; i < n; i++)
-        q_pipe_cmd(&p, "GET mg:event:%s", ids[i]);
-    redisReply **r = q_pipe_end(&p);
-    if (!r)
-        return -1;
-    for (size_t i = 0; i < n; i++)
-        items[i] = parse_json(r[i]);
-    q_replies_free(r, p.n);
-    return 0;
+    const char **argv = calloc(n + 1, sizeof(*argv));
+    char **keys = calloc(n ? n : 1, sizeof(*keys));
+    int rc = argv && keys ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        if (asprintf(&keys[i], "mg:event:%s", ids[i]) < 0) {
+            keys[i] = NULL;
+            rc = -1;
+        }
+    redisReply *r = NULL;
+    if (rc == 0) {
+        argv[0] = "MGET";
+        for (size_t i = 0; i < n; i++)
+            argv[i + 1] = keys[i];
+        r = q_cmdv(q, (int)n + 1, argv, NULL);
+        rc = r && r->type == REDIS_REPLY_ARRAY && r->elements == n ? 0 : -1;
+    }
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        items[i] = parse_json(r->element[i]);
+    if (r)
+        freeReplyObject(r);
+    for (size_t i = 0; keys && i < n; i++)
+        free(keys[i]);
+    free(keys);
+    free(argv);
+    return rc;
 }
 
 /* event_keep - the filters of an events query, applied to one event. */
@@ -579,10 +766,15 @@ static int message_events(struct queue *q, const char *tenant, const struct queu
     struct q_pipe p;
     q_pipe_begin(&p, q);
     q_pipe_cmd(&p, "HGET mg:msg:%s tenant", qq->message_id);
-    q_pipe_cmd(&p, "LRANGE mg:msg:%s:events 0 -1", qq->message_id);
+    q_pipe_msg_events(&p, qq->message_id, 0);
     redisReply **r = q_pipe_end(&p);
     if (!r)
         return -1;
+    if (r[1]->type == REDIS_REPLY_ERROR) {
+        log_kv(LOG_ERROR, "redis_error", "reply", r[1]->str, NULL);
+        q_replies_free(r, p.n);
+        return -1;
+    }
     if (r[0]->type != REDIS_REPLY_STRING || strcmp(r[0]->str, tenant) != 0 || r[1]->type != REDIS_REPLY_ARRAY) {
         q_replies_free(r, p.n);
         return 0; /* unknown, expired or another tenant's: no events */
@@ -641,7 +833,8 @@ int queue_events_query(struct queue *q, const char *tenant, const struct queue_q
             snprintf(keys[nk++], sizeof(keys[0]), "mg:evi:%s", tenant);
         int pick = smallest_index(q, keys, nk, &b);
         rc = pick < 0 ? -1
-                      : walk(q, tenant, keys[pick], &b, qq, 'e', load_events, nk > 1 ? event_keep : NULL, data, &next);
+                      : walk(q, tenant, keys[pick], &b, qq, 'e', load_events, nk > 1 ? event_keep : NULL, 0, data,
+                             &next);
     }
     if (rc < 0) {
         json_decref(data);
@@ -704,7 +897,10 @@ int queue_messages_query(struct queue *q, const char *tenant, const struct queue
     bounds_make(&b, "", qq, after);
     char keys[3][Q_KEY_MAX], rcpt[Q_EMAIL_MAX + 1];
     int nk = 0;
-    if (qq->status)
+    /* a transient status has no index: walk the others, keeping what is
+     * in mg:open, and check the status of each */
+    int transient = qq->status && status_transient(qq->status);
+    if (qq->status && !transient)
         snprintf(keys[nk++], sizeof(keys[0]), "mg:msgi:%s:status:%s", tenant, qq->status);
     if (qq->tag)
         snprintf(keys[nk++], sizeof(keys[0]), "mg:msgi:%s:tag:%s", tenant, qq->tag);
@@ -721,7 +917,7 @@ int queue_messages_query(struct queue *q, const char *tenant, const struct queue
      * a recipient's update and its re-index. */
     int rc = pick < 0 ? -1
                       : walk(q, tenant, keys[pick], &b, qq, 'm', load_messages,
-                             (nk > 1 || qq->status) ? message_keep : NULL, data, &next);
+                             (nk > 1 || qq->status) ? message_keep : NULL, transient, data, &next);
     if (rc < 0) {
         json_decref(data);
         json_decref(next);

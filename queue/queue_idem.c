@@ -14,7 +14,7 @@
 
 #include "common/util.h"
 
-static const char *idem_lua =
+const char q_lua_idem[] =
     "local v = redis.call('HMGET', KEYS[1], 'state', 'hash', 'status', 'body')\n"
     "if not v[1] then\n"
     "  redis.call('HSET', KEYS[1], 'state', 'inflight', 'hash', ARGV[1])\n"
@@ -37,7 +37,7 @@ int queue_idem_begin(struct queue *q, const char *tenant, const char *route, con
 {
     char k[256];
     idem_key(k, sizeof(k), tenant, route, key);
-    redisReply *r = q_cmd(q, "EVAL %s 1 %s %s %lld", idem_lua, k, body_sha256, (long long)QUEUE_IDEM_INFLIGHT_MS);
+    redisReply *r = q_script_cmd(q, q_lua_idem, "1 %s %s %lld", k, body_sha256, (long long)QUEUE_IDEM_INFLIGHT_MS);
     if (!r)
         return -1;
     int rc = -1;

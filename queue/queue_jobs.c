@@ -10,8 +10,11 @@
  *  - A recipient's retry is a new job in mg:delayed, written in that same
  *    MULTI. A Lua script moves due jobs to the stream, atomically, so
  *    several schedulers never fire one job twice.
- *  - A sender does one Redis round trip to read a job, one to load it and
- *    one to record it, whatever the number of recipients.
+ *  - A sender waits on Redis once to load all the jobs of a read and once
+ *    for the replies of all their outcomes (a MULTI/EXEC per job, so one
+ *    job's failure never touches another's, each written as soon as it is
+ *    decided: queue_jobs_rec_*) together with its next read, whatever the
+ *    number of recipients.
  */
 #include "queue/queue_int.h"
 
@@ -23,6 +26,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "common/zbody.h"
 
 /* Moves due jobs to their tenant's stream. Job JSON: {t, m, r, a, b?}
  * (b: the personal copy of a job's one recipient, when there is one). The
@@ -139,18 +143,27 @@ static void job_ack(struct queue *q, const char *tenant, const char *entry_id)
     q_replies_free(q_pipe_end(&p), p.n);
 }
 
-/* collect - turn an XREADGROUP reply [[stream, [entries]], ...] into jobs. */
+/* collect - turn an XREADGROUP reply [[stream, [entries]], ...] into jobs,
+ * interleaved across the streams (first entry of each, then second ...),
+ * so that with several tenants in one read none waits behind another's. */
 static int collect(struct queue *q, redisReply *r, struct queue_job *out, int max)
 {
     int n = 0;
-    size_t plen = strlen(QUEUE_STREAM_PREFIX);
+    size_t plen = strlen(QUEUE_STREAM_PREFIX), most = 0;
     for (size_t s = 0; r->type == REDIS_REPLY_ARRAY && s < r->elements; s++) {
         redisReply *st = r->element[s];
-        if (st->type != REDIS_REPLY_ARRAY || st->elements != 2 || !st->element[0]->str ||
-            strncmp(st->element[0]->str, QUEUE_STREAM_PREFIX, plen) != 0)
-            continue;
-        const char *tenant = st->element[0]->str + plen;
-        for (size_t e = 0; e < st->element[1]->elements; e++) {
+        if (st->type == REDIS_REPLY_ARRAY && st->elements == 2 && st->element[1]->type == REDIS_REPLY_ARRAY &&
+            st->element[1]->elements > most)
+            most = st->element[1]->elements;
+    }
+    for (size_t e = 0; e < most; e++) {
+        for (size_t s = 0; s < r->elements; s++) {
+            redisReply *st = r->element[s];
+            if (st->type != REDIS_REPLY_ARRAY || st->elements != 2 || !st->element[0]->str ||
+                strncmp(st->element[0]->str, QUEUE_STREAM_PREFIX, plen) != 0 ||
+                st->element[1]->type != REDIS_REPLY_ARRAY || e >= st->element[1]->elements)
+                continue;
+            const char *tenant = st->element[0]->str + plen;
             struct queue_job job;
             if (job_parse(st->element[1]->element[e], tenant, &job) < 0) {
                 log_kv(LOG_WARN, "job_malformed", "tenant", tenant, "entry", job.entry_id, NULL);
@@ -168,59 +181,95 @@ static int collect(struct queue *q, redisReply *r, struct queue_job *out, int ma
     return n;
 }
 
-int queue_jobs_read(struct queue *q, const char *consumer, int block_ms, struct queue_job *out, int max)
+/* The XREADGROUP command of one read, built before any pipeline starts
+ * (building it may itself talk to Redis: the tenant list). */
+struct read_cmd {
+    int argc;
+    const char **argv;
+    char **names;
+    int ns;
+    int pending; /* re-reading this consumer's pending entries ("0", no BLOCK) */
+    char cnt[16], blk[16];
+};
+
+static void read_cmd_free(struct read_cmd *rc)
 {
+    for (int i = 0; rc->names && i < rc->ns; i++)
+        free(rc->names[i]);
+    free(rc->names);
+    free(rc->argv);
+    memset(rc, 0, sizeof(*rc));
+}
+
+/* read_cmd_build - the read for consumer: 0 with rc filled, 1 when there
+ * is no tenant stream to read yet, -1 when Redis is away. */
+static int read_cmd_build(struct queue *q, const char *consumer, int block_ms, int max, struct read_cmd *rc)
+{
+    memset(rc, 0, sizeof(*rc));
     if (tenants_refresh(q, 0) < 0)
         return -1;
-    if (q->ntenants == 0) {
-        /* nothing to block on yet: wait a little, like an empty BLOCK */
-        struct timespec ts = {0, 200 * 1000000L};
-        nanosleep(&ts, NULL);
-        return 0;
-    }
+    if (q->ntenants == 0)
+        return 1;
     int ns = q->ntenants < QUEUE_READ_STREAMS_MAX ? q->ntenants : QUEUE_READ_STREAMS_MAX;
     if (ns > max)
         ns = max;
-    /* One tenant alone may hand over a few jobs per round trip; with
-     * several, one each, so every tenant gets its turn. */
-    int count = ns == 1 ? (max < 4 ? max : 4) : 1;
-    int pending = !q->pending_checked;
-    const char **argv = calloc((size_t)(10 + 2 * ns), sizeof(*argv));
-    char **names = calloc((size_t)ns, sizeof(*names));
-    char cnt[16], blk[16];
-    snprintf(cnt, sizeof(cnt), "%d", count);
-    snprintf(blk, sizeof(blk), "%d", block_ms);
+    /* Every stream named gets the same COUNT, so each tenant has the same
+     * share of a read: one tenant alone may hand over the whole batch. */
+    int count = max / ns;
+    rc->ns = ns;
+    rc->pending = !q->pending_checked;
+    rc->argv = calloc((size_t)(10 + 2 * ns), sizeof(*rc->argv));
+    rc->names = calloc((size_t)ns, sizeof(*rc->names));
+    if (!rc->argv || !rc->names) {
+        read_cmd_free(rc);
+        return -1;
+    }
+    snprintf(rc->cnt, sizeof(rc->cnt), "%d", count);
+    snprintf(rc->blk, sizeof(rc->blk), "%d", block_ms);
+    const char **argv = rc->argv;
     int argc = 0;
     argv[argc++] = "XREADGROUP";
     argv[argc++] = "GROUP";
     argv[argc++] = QUEUE_GROUP;
     argv[argc++] = consumer;
     argv[argc++] = "COUNT";
-    argv[argc++] = cnt;
-    if (!pending) {
+    argv[argc++] = rc->cnt;
+    if (!rc->pending) {
         argv[argc++] = "BLOCK";
-        argv[argc++] = blk;
+        argv[argc++] = rc->blk;
     }
     argv[argc++] = "STREAMS";
     unsigned start = q->rr++;
     for (int i = 0; i < ns; i++) {
         const char *t = q->tenants[(start + (unsigned)i) % (unsigned)q->ntenants];
-        names[i] = malloc(strlen(QUEUE_STREAM_PREFIX) + strlen(t) + 1);
-        strcpy(names[i], QUEUE_STREAM_PREFIX);
-        strcat(names[i], t);
-        argv[argc++] = names[i];
+        rc->names[i] = malloc(strlen(QUEUE_STREAM_PREFIX) + strlen(t) + 1);
+        if (!rc->names[i]) {
+            read_cmd_free(rc);
+            return -1;
+        }
+        strcpy(rc->names[i], QUEUE_STREAM_PREFIX);
+        strcat(rc->names[i], t);
+        argv[argc++] = rc->names[i];
     }
     for (int i = 0; i < ns; i++)
-        argv[argc++] = pending ? "0" : ">";
+        argv[argc++] = rc->pending ? "0" : ">";
+    rc->argc = argc;
     /* A sender's connection keeps the longer timeout for everything: it
      * costs nothing, where switching it around each read cost 4 syscalls. */
     if (q_ctx(q))
         q_set_timeout_ms(q, block_ms + 5000);
-    redisReply *r = q_cmdv(q, argc, argv, NULL);
-    for (int i = 0; i < ns; i++)
-        free(names[i]);
-    free(names);
-    free(argv);
+    return 0;
+}
+
+/* read_done - the jobs in the reply r to rc (NULL: the read failed);
+ * takes r. Returns the number of jobs, or -1. */
+static int read_done(struct queue *q, const struct read_cmd *rc, redisReply *r, struct queue_job *out, int max)
+{
+    if (r && r->type == REDIS_REPLY_ERROR) {
+        log_kv(LOG_ERROR, "redis_error", "reply", r->str, NULL);
+        freeReplyObject(r);
+        r = NULL;
+    }
     if (!r) {
         /* NOGROUP after a FLUSHALL, say: forget what we knew. */
         tenants_refresh(q, 1);
@@ -228,8 +277,26 @@ int queue_jobs_read(struct queue *q, const char *consumer, int block_ms, struct 
     }
     int n = collect(q, r, out, max);
     freeReplyObject(r);
-    if (pending && n == 0)
+    if (rc->pending && n == 0)
         q->pending_checked = 1;
+    return n;
+}
+
+int queue_jobs_read(struct queue *q, const char *consumer, int block_ms, struct queue_job *out, int max)
+{
+    struct read_cmd rc;
+    int b = read_cmd_build(q, consumer, block_ms, max, &rc);
+    if (b < 0)
+        return -1;
+    if (b > 0) {
+        /* nothing to block on yet: wait a little, like an empty BLOCK */
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
+        return 0;
+    }
+    redisReply *r = q_cmdv(q, rc.argc, rc.argv, NULL);
+    int n = read_done(q, &rc, r, out, max);
+    read_cmd_free(&rc);
     return n;
 }
 
@@ -297,29 +364,43 @@ int queue_job_dead_letter(struct queue *q, const struct queue_job *job, const ch
     return 0;
 }
 
-int queue_delivery_load(struct queue *q, const struct queue_job *job, struct queue_delivery *d)
+/* load_cmds - queue on p the three reads of one job's delivery. */
+static void load_cmds(struct q_pipe *p, const struct queue_job *job)
+{
+    if (job->copy > 0)
+        q_pipe_cmd(p, "GET mg:msg:%s:body:%d", job->msg_id, job->copy);
+    else
+        q_pipe_cmd(p, "GET mg:msg:%s:body", job->msg_id);
+    q_pipe_cmd(p, "HMGET mg:msg:%s tenant mail_from tags metadata rcpts created_at copies", job->msg_id);
+    q_pipe_cmd(p, "HGETALL mg:msg:%s:rcpt", job->msg_id);
+}
+
+/* load_parse - fill d from the replies r[0..2] of load_cmds. Returns 0, or
+ * 1 when the message no longer exists (d left zeroed). */
+static int load_parse(redisReply **r, struct queue_delivery *d)
 {
     memset(d, 0, sizeof(*d));
-    struct q_pipe p;
-    q_pipe_begin(&p, q);
-    if (job->copy > 0)
-        q_pipe_cmd(&p, "GET mg:msg:%s:body:%d", job->msg_id, job->copy);
-    else
-        q_pipe_cmd(&p, "GET mg:msg:%s:body", job->msg_id);
-    q_pipe_cmd(&p, "HMGET mg:msg:%s tenant mail_from tags metadata rcpts created_at copies", job->msg_id);
-    q_pipe_cmd(&p, "HGETALL mg:msg:%s:rcpt", job->msg_id);
-    redisReply **r = q_pipe_end(&p);
-    if (!r)
-        return -1;
     redisReply *h = r[1];
-    if (h->type != REDIS_REPLY_ARRAY || h->elements != 7 || !h->element[0]->str) {
-        q_replies_free(r, p.n);
+    if (h->type != REDIS_REPLY_ARRAY || h->elements != 7 || !h->element[0]->str)
         return 1;
-    }
     if (r[0]->type == REDIS_REPLY_STRING) {
-        d->body = malloc(r[0]->len + 1);
-        memcpy(d->body, r[0]->str, r[0]->len + 1);
-        d->bodylen = r[0]->len;
+        /* stored compressed when that paid (queue_msg.c set_body) */
+        struct buf z;
+        buf_init(&z, 0);
+        int u = zbody_unpack(r[0]->str, r[0]->len, BUF_HARD_MAX, &z);
+        if (u == 1) {
+            d->bodylen = z.len;
+            d->body = buf_steal(&z);
+        } else if (u == 0) {
+            d->body = malloc(r[0]->len + 1);
+            memcpy(d->body, r[0]->str, r[0]->len + 1);
+            d->bodylen = r[0]->len;
+        } else {
+            /* left NULL: the recipients bounce (internal_error), never a
+             * retry loop over a body that cannot be read */
+            log_kv(LOG_ERROR, "body_unreadable", "reason", "corrupt compressed body", NULL);
+        }
+        buf_free(&z);
     }
     d->tenant = strdup(h->element[0]->str);
     d->mail_from = strdup(h->element[1]->str ? h->element[1]->str : "");
@@ -340,8 +421,37 @@ int queue_delivery_load(struct queue *q, const struct queue_job *job, struct que
         if (s)
             json_object_set_new(d->rcpt_state, r[2]->element[i]->str, s);
     }
+    return 0;
+}
+
+int queue_delivery_load_many(struct queue *q, const struct queue_job *jobs, int n, struct queue_delivery *d,
+                             int *gone)
+{
+    for (int i = 0; i < n; i++) {
+        memset(&d[i], 0, sizeof(d[i]));
+        gone[i] = 0;
+    }
+    if (n <= 0)
+        return 0;
+    struct q_pipe p;
+    q_pipe_begin(&p, q);
+    for (int i = 0; i < n; i++)
+        load_cmds(&p, &jobs[i]);
+    redisReply **r = q_pipe_end(&p);
+    if (!r)
+        return -1;
+    for (int i = 0; i < n; i++)
+        gone[i] = load_parse(r + 3 * i, &d[i]);
     q_replies_free(r, p.n);
     return 0;
+}
+
+int queue_delivery_load(struct queue *q, const struct queue_job *job, struct queue_delivery *d)
+{
+    int gone;
+    if (queue_delivery_load_many(q, job, 1, d, &gone) < 0)
+        return -1;
+    return gone;
 }
 
 void queue_delivery_free(struct queue_delivery *d)
@@ -362,25 +472,45 @@ static int status_terminal(const char *s)
                  !strcmp(s, "cancelled"));
 }
 
-int queue_job_finish(struct queue *q, const struct queue_job *job, const struct queue_delivery *d,
-                     struct queue_outcome *o, size_t n, int64_t retry_due_ms)
+/* finish_all_terminal - 1 when, with f's outcomes applied to the states
+ * loaded with it, every recipient of the message is terminal. */
+static int finish_all_terminal(const struct queue_finish *f)
 {
+    size_t i;
+    json_t *e;
+    json_array_foreach(f->d->all_rcpts, i, e) {
+        const char *addr = json_string_value(e), *s = NULL;
+        for (size_t k = 0; addr && k < f->n && !s; k++)
+            if (f->o[k].email && !strcmp(f->o[k].email, addr))
+                s = f->o[k].status;
+        if (!s)
+            s = json_string_value(json_object_get(json_object_get(f->d->rcpt_state, addr ? addr : ""), "status"));
+        if (!status_terminal(s))
+            return 0;
+    }
+    return 1;
+}
+
+/* finish_cmds - queue on p the MULTI ... EXEC that records f (see
+ * queue_job_finish); all_terminal from finish_all_terminal. */
+static void finish_cmds(struct q_pipe *p, const struct queue_finish *f, int all_terminal)
+{
+    const struct queue_job *job = f->job;
+    const struct queue_delivery *d = f->d;
+    struct queue_outcome *o = f->o;
     json_t *deferred = json_array();
-    json_t *final = json_deep_copy(d->rcpt_state);
-    struct q_pipe p;
-    q_pipe_begin(&p, q);
-    q_pipe_cmd(&p, "MULTI");
-    for (size_t i = 0; i < n; i++) {
+    q_pipe_cmd(p, "MULTI");
+    for (size_t i = 0; i < f->n; i++) {
         const char *status = o[i].status;
         json_t *st = json_pack("{s:s, s:i, s:s?}", "status", status, "attempts", job->attempt,
                                "last_reply", o[i].last_reply);
         char *st_s = json_dumps(st, JSON_COMPACT);
-        q_pipe_cmd(&p, "HSET mg:msg:%s:rcpt %s %s", job->msg_id, o[i].email, st_s);
-        json_object_set_new(final, o[i].email, st);
+        q_pipe_cmd(p, "HSET mg:msg:%s:rcpt %s %s", job->msg_id, o[i].email, st_s);
+        json_decref(st);
         free(st_s);
         if (o[i].event) {
             char *ev_s = json_dumps(o[i].event, JSON_COMPACT);
-            q_event_append(&p, d->tenant, job->msg_id, o[i].event, ev_s);
+            q_event_append(p, d->tenant, job->msg_id, o[i].event, ev_s);
             free(ev_s);
         }
         if (!strcmp(status, "deferred"))
@@ -394,7 +524,7 @@ int queue_job_finish(struct queue *q, const struct queue_job *job, const struct 
             json_t *rec = json_pack("{s:s, s:s, s:s}", "email", o[i].email, "reason", "hard_bounce",
                                     "created_at", util_rfc3339(util_now_ms(), ts, sizeof(ts)));
             char *rec_s = json_dumps(rec, JSON_COMPACT);
-            q_pipe_cmd(&p, "HSET mg:supp:%s %s %s", d->tenant, key, rec_s);
+            q_pipe_cmd(p, "HSET mg:supp:%s %s %s", d->tenant, key, rec_s);
             free(rec_s);
             json_decref(rec);
         }
@@ -405,57 +535,197 @@ int queue_job_finish(struct queue *q, const struct queue_job *job, const struct 
         if (job->copy > 0) /* the retry sends the same personal copy */
             json_object_set_new(nj, "b", json_integer(job->copy));
         char *nj_s = json_dumps(nj, JSON_COMPACT);
-        q_pipe_cmd(&p, "ZADD " QUEUE_DELAYED " %lld %s", (long long)retry_due_ms, nj_s);
+        q_pipe_cmd(p, "ZADD " QUEUE_DELAYED " %lld %s", (long long)f->retry_due_ms, nj_s);
         free(nj_s);
         json_decref(nj);
     }
-    int all_terminal = 1;
-    size_t i;
-    json_t *e;
-    json_array_foreach(d->all_rcpts, i, e) {
-        json_t *st = json_object_get(final, json_string_value(e));
-        if (!status_terminal(json_string_value(json_object_get(st, "status"))))
-            all_terminal = 0;
-    }
     if (all_terminal) {
-        q_pipe_cmd(&p, "DEL mg:msg:%s:body", job->msg_id);
-        q_pipe_cmd(&p, "ZREM " QUEUE_OPEN " %s", job->msg_id);
+        q_pipe_cmd(p, "DEL mg:msg:%s:body", job->msg_id);
+        q_pipe_cmd(p, "ZREM " QUEUE_OPEN " %s", job->msg_id);
         for (int c = 1; c <= d->copies && c <= QUEUE_COPIES_MAX; c++)
-            q_pipe_cmd(&p, "DEL mg:msg:%s:body:%d", job->msg_id, c);
-    } else if (job->copy > 0 && n == 1 && status_terminal(o[0].status)) {
+            q_pipe_cmd(p, "DEL mg:msg:%s:body:%d", job->msg_id, c);
+    } else if (job->copy > 0 && f->n == 1 && status_terminal(o[0].status)) {
         /* this recipient is done: its copy is not needed any more */
-        q_pipe_cmd(&p, "DEL mg:msg:%s:body:%d", job->msg_id, job->copy);
+        q_pipe_cmd(p, "DEL mg:msg:%s:body:%d", job->msg_id, job->copy);
     }
     /* the status index follows the recipients (derived in Redis, so two
      * jobs of one message finishing at once still agree) */
-    q_msg_reindex(&p, job->tenant, job->msg_id);
-    q_pipe_cmd(&p, "XACK " QUEUE_STREAM_PREFIX "%s " QUEUE_GROUP " %s", job->tenant, job->entry_id);
-    q_pipe_cmd(&p, "XDEL " QUEUE_STREAM_PREFIX "%s %s", job->tenant, job->entry_id);
+    q_msg_reindex(p, job->tenant, job->msg_id);
+    q_pipe_cmd(p, "XACK " QUEUE_STREAM_PREFIX "%s " QUEUE_GROUP " %s", job->tenant, job->entry_id);
+    q_pipe_cmd(p, "XDEL " QUEUE_STREAM_PREFIX "%s %s", job->tenant, job->entry_id);
     char claim_field[160];
     snprintf(claim_field, sizeof(claim_field), "%s %s", job->tenant, job->entry_id);
     if (job->reclaims)
-        q_pipe_cmd(&p, "HDEL " QUEUE_CLAIMS " %s", claim_field);
-    q_pipe_cmd(&p, "EXEC");
-    redisReply **r = q_pipe_end(&p);
-    int ok = r && r[p.n - 1]->type == REDIS_REPLY_ARRAY;
-    q_replies_free(r, p.n);
-    /* On failure the events stay with the caller, who retries with the
-     * same ones: the transaction may have run before its reply was lost,
-     * and recording an event is idempotent per event id, so the retry
-     * neither loses nor doubles them. */
-    for (size_t k = 0; ok && k < n; k++) {
-        json_decref(o[k].event);
-        o[k].event = NULL;
-    }
+        q_pipe_cmd(p, "HDEL " QUEUE_CLAIMS " %s", claim_field);
+    q_pipe_cmd(p, "EXEC");
     json_decref(deferred);
-    json_decref(final);
-    return ok ? 0 : -1;
+}
+
+/* Outcomes written ahead (queue_jobs_rec_*): one pipeline that lives for a
+ * batch. Each job's MULTI/EXEC is written when it is added, without
+ * waiting for its reply; the replies are read together at the end. */
+struct queue_rec {
+    struct queue *q;
+    struct q_pipe p;
+    int open;                   /* p begun and not yet ended */
+    struct queue_finish **f;    /* written, reply not read yet */
+    int *exec_at;               /* the place of each one's EXEC in p */
+    int nf, cap;
+    int broken;                 /* a reply or the connection failed: write no more */
+    struct queue_read *rd;
+    struct read_cmd rc;
+    int have_read;              /* rc is built */
+};
+
+struct queue_rec *queue_jobs_rec_begin(struct queue *q, struct queue_read *rd)
+{
+    if (rd)
+        rd->n = -1;
+    struct queue_rec *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->q = q;
+    r->rd = rd;
+    if (rd) {
+        /* now: building it may talk to Redis, impossible once replies
+         * are owed on the connection */
+        r->have_read = read_cmd_build(q, rd->consumer, rd->block_ms, rd->max, &r->rc) == 0;
+    }
+    return r;
+}
+
+/* rec_collect - read the replies of everything written (read_at: the
+ * place of the read in p, or -1), mark each job recorded or not, and end
+ * the pipeline. */
+static void rec_collect(struct queue_rec *r, int read_at)
+{
+    redisReply **rep = q_pipe_end(&r->p); /* NULL too when nothing was queued */
+    r->open = 0;
+    if (!rep && (r->p.n > 0 || r->p.err))
+        r->broken = 1;
+    for (int k = 0; k < r->nf; k++) {
+        redisReply *x = rep ? rep[r->exec_at[k]] : NULL;
+        /* as before batching: EXEC answered with an array = ran */
+        if (x && x->type == REDIS_REPLY_ARRAY) {
+            struct queue_finish *f = r->f[k];
+            f->done = 1;
+            for (size_t e = 0; e < f->n; e++) {
+                json_decref(f->o[e].event);
+                f->o[e].event = NULL;
+            }
+            continue;
+        }
+        /* The events stay with the caller, who retries with the same
+         * ones: the transaction may have run before its reply was lost,
+         * and recording an event is idempotent per event id, so the retry
+         * neither loses nor doubles them. */
+        if (x && x->type == REDIS_REPLY_ERROR)
+            log_kv(LOG_ERROR, "redis_error", "reply", x->str, NULL);
+        r->broken = 1;
+    }
+    r->nf = 0;
+    if (read_at >= 0) {
+        redisReply *x = NULL;
+        if (rep) {
+            x = rep[read_at];
+            rep[read_at] = NULL;
+        }
+        r->rd->n = read_done(r->q, &r->rc, x, r->rd->out, r->rd->max);
+    }
+    q_replies_free(rep, r->p.n);
+}
+
+void queue_jobs_rec_add(struct queue_rec *r, struct queue_finish *f)
+{
+    if (!r || r->broken || f->done)
+        return;
+    int all = finish_all_terminal(f);
+    /* This job deletes the message's bodies only thanks to an earlier job
+     * of the same message whose reply is not in yet (the caller merged
+     * its outcomes into f->d->rcpt_state): if that one failed while this
+     * one ran, a body its retry needs would be gone. Wait for it. */
+    for (int j = 0; all && j < r->nf; j++)
+        if (!strcmp(r->f[j]->job->msg_id, f->job->msg_id)) {
+            rec_collect(r, -1);
+            break;
+        }
+    if (r->broken)
+        return;
+    if (r->nf == r->cap) {
+        int cap = r->cap ? 2 * r->cap : 16;
+        struct queue_finish **nf = realloc(r->f, (size_t)cap * sizeof(*nf));
+        int *ne = nf ? realloc(r->exec_at, (size_t)cap * sizeof(*ne)) : NULL;
+        if (nf)
+            r->f = nf;
+        if (!ne) {
+            r->broken = 1;
+            return;
+        }
+        r->exec_at = ne;
+        r->cap = cap;
+    }
+    if (!r->open) {
+        q_pipe_begin(&r->p, r->q);
+        r->open = 1;
+    }
+    finish_cmds(&r->p, f, all);
+    r->f[r->nf] = f;
+    r->exec_at[r->nf++] = r->p.n - 1;
+    /* write it now: Redis records it while the caller sends the next
+     * message; only the reply waits */
+    int done = 0;
+    while (!r->p.err && !done)
+        if (redisBufferWrite(r->q->c, &done) != REDIS_OK)
+            r->p.err = 1;
+}
+
+int queue_jobs_rec_end(struct queue_rec *r, int read)
+{
+    if (!r)
+        return -1;
+    int read_at = -1;
+    if (read && r->have_read && !r->broken) {
+        if (!r->open) {
+            q_pipe_begin(&r->p, r->q);
+            r->open = 1;
+        }
+        /* last: it may block, and what came before is recorded by then */
+        q_pipe_cmdv(&r->p, r->rc.argc, r->rc.argv, NULL);
+        read_at = r->p.n - 1;
+    }
+    if (r->open)
+        rec_collect(r, read_at);
+    int rc = r->broken ? -1 : 0;
+    read_cmd_free(&r->rc);
+    free(r->f);
+    free(r->exec_at);
+    free(r);
+    return rc;
+}
+
+int queue_jobs_finish(struct queue *q, struct queue_finish *f, int n, struct queue_read *rd)
+{
+    struct queue_rec *r = queue_jobs_rec_begin(q, rd);
+    for (int i = 0; i < n; i++)
+        queue_jobs_rec_add(r, &f[i]);
+    queue_jobs_rec_end(r, rd != NULL);
+    for (int i = 0; i < n; i++)
+        if (!f[i].done)
+            return -1;
+    return 0;
+}
+
+int queue_job_finish(struct queue *q, const struct queue_job *job, const struct queue_delivery *d,
+                     struct queue_outcome *o, size_t n, int64_t retry_due_ms)
+{
+    struct queue_finish f = {.job = job, .d = d, .o = o, .n = n, .retry_due_ms = retry_due_ms};
+    return queue_jobs_finish(q, &f, 1, NULL);
 }
 
 int queue_schedule_due(struct queue *q, int64_t now_ms, int max)
 {
-    redisReply *r = q_cmd(q, "EVAL %s 2 " QUEUE_DELAYED " " QUEUE_TENANTS " %lld %d " QUEUE_STREAM_PREFIX,
-                          schedule_lua, (long long)now_ms, max);
+    redisReply *r = q_script_cmd(q, schedule_lua, "2 " QUEUE_DELAYED " " QUEUE_TENANTS " %lld %d " QUEUE_STREAM_PREFIX,
+                                 (long long)now_ms, max);
     if (!r)
         return -1;
     int n = r->type == REDIS_REPLY_INTEGER ? (int)r->integer : 0;

@@ -5,7 +5,9 @@
  * record (and serve as the public prefix shown by `key list`), secret is
  * 32 random bytes in hex. Only SHA-256(key) is stored. A check fetches the
  * record by id and compares hashes with CRYPTO_memcmp, so timing reveals
- * nothing about the secret.
+ * nothing about the secret. Records and tenant settings are served from
+ * the invalidation-driven cache (queue_cache.c) when it is live; the hash
+ * comparison still runs on every check.
  *
  * Also the shared token key mg:secret (queue_secret_get): made once with
  * SET NX, so that every process signs tracking tokens with the same key;
@@ -78,26 +80,40 @@ int queue_key_check(struct queue *q, const char *key, struct queue_key_info *inf
     for (int i = 0; i < KEY_ID_HEX; i++)
         if (!isxdigit((unsigned char)id[i]))
             return 1;
-    redisReply *r = q_cmd(q, "HMGET mg:key:%s hash tenant scopes test", id);
-    if (!r)
-        return -1;
-    int rc = 1;
-    if (r->type == REDIS_REPLY_ARRAY && r->elements == 4 && r->element[0]->type == REDIS_REPLY_STRING &&
-        r->element[0]->len == 64 && r->element[1]->type == REDIS_REPLY_STRING) {
-        char hash[65];
-        util_sha256_hex(key, klen, hash);
-        if (util_ct_equal(hash, r->element[0]->str, 64)) {
-            memset(info, 0, sizeof(*info));
-            util_strlcpy(info->id, id, sizeof(info->id));
-            util_strlcpy(info->tenant, r->element[1]->str, sizeof(info->tenant));
+    /* The record comes from the cache (queue_cache.c) when it holds it;
+     * the hash comparison below runs on every request either way. */
+    struct q_cached_key rec;
+    if (q_cache_key_get(id, &rec) != 0) {
+        uint64_t gen = q_cache_gen();
+        redisReply *r = q_cmd(q, "HMGET mg:key:%s hash tenant scopes test", id);
+        if (!r)
+            return -1;
+        int found = r->type == REDIS_REPLY_ARRAY && r->elements == 4 &&
+                    r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->len == 64 &&
+                    r->element[1]->type == REDIS_REPLY_STRING;
+        if (found) {
+            memset(&rec, 0, sizeof(rec));
+            memcpy(rec.hash, r->element[0]->str, 64);
+            util_strlcpy(rec.tenant, r->element[1]->str, sizeof(rec.tenant));
             if (r->element[2]->type == REDIS_REPLY_STRING)
-                util_strlcpy(info->scopes, r->element[2]->str, sizeof(info->scopes));
-            info->test = r->element[3]->type == REDIS_REPLY_STRING && r->element[3]->str[0] == '1';
-            rc = 0;
+                util_strlcpy(rec.scopes, r->element[2]->str, sizeof(rec.scopes));
+            rec.test = r->element[3]->type == REDIS_REPLY_STRING && r->element[3]->str[0] == '1';
         }
+        freeReplyObject(r);
+        if (!found)
+            return 1; /* unknown ids are never cached */
+        q_cache_key_put(gen, id, &rec);
     }
-    freeReplyObject(r);
-    return rc;
+    char hash[65];
+    util_sha256_hex(key, klen, hash);
+    if (!util_ct_equal(hash, rec.hash, 64))
+        return 1;
+    memset(info, 0, sizeof(*info));
+    util_strlcpy(info->id, id, sizeof(info->id));
+    util_strlcpy(info->tenant, rec.tenant, sizeof(info->tenant));
+    util_strlcpy(info->scopes, rec.scopes, sizeof(info->scopes));
+    info->test = rec.test;
+    return 0;
 }
 
 int queue_key_list(struct queue *q, const char *tenant, json_t **out)
@@ -186,6 +202,9 @@ int queue_tenant_set(struct queue *q, const char *tenant, const char *const *pai
 
 int queue_tenant_get(struct queue *q, const char *tenant, json_t **out)
 {
+    if (q_cache_tenant_get(tenant, out) == 0)
+        return 0;
+    uint64_t gen = q_cache_gen();
     redisReply *r = q_cmd(q, "HGETALL mg:tenant:%s", tenant);
     if (!r)
         return -1;
@@ -193,6 +212,9 @@ int queue_tenant_get(struct queue *q, const char *tenant, json_t **out)
     for (size_t i = 0; i + 1 < r->elements; i += 2)
         json_object_set_new(o, r->element[i]->str, json_string(r->element[i + 1]->str));
     freeReplyObject(r);
+    /* no settings is an answer too (a tenant that has none): creating
+     * the hash invalidates it like any other change */
+    q_cache_tenant_put(gen, tenant, o);
     *out = o;
     return 0;
 }

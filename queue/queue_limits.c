@@ -14,7 +14,7 @@
 
 #include "common/util.h"
 
-static const char *limits_lua =
+const char q_lua_limits[] =
     "local n = tonumber(ARGV[1])\n"
     "local rate, daily = tonumber(ARGV[2]), tonumber(ARGV[3])\n"
     "local s = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
@@ -40,7 +40,7 @@ int queue_limits_take(struct queue *q, const char *tenant, long rate, long daily
     char k1[128], k2[128];
     snprintf(k1, sizeof(k1), "mg:rl:%s:%lld", tenant, (long long)sec);
     snprintf(k2, sizeof(k2), "mg:daily:%s:%04d%02d%02d", tenant, tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
-    redisReply *x = q_cmd(q, "EVAL %s 2 %s %s %ld %ld %ld", limits_lua, k1, k2, n, rate, daily);
+    redisReply *x = q_script_cmd(q, q_lua_limits, "2 %s %s %ld %ld %ld", k1, k2, n, rate, daily);
     if (!x)
         return -1;
     int ok = x->type == REDIS_REPLY_ARRAY && x->elements == 4;

@@ -14,6 +14,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "common/zbody.h"
 
 json_t *queue_event_new(const char *type, const char *msg_id, const char *rcpt, json_t *tags,
                         json_t *metadata)
@@ -81,6 +82,20 @@ const char *queue_message_status(const char *const *st, size_t n)
     return "queued";
 }
 
+/* set_body - queue on p the SET of a body under key, compressed when that
+ * pays (common/zbody.h: every reader unpacks, and takes an unpacked body
+ * as it is). Packing cannot fail the send: out of memory stores it as is. */
+static void set_body(struct q_pipe *p, const char *key, const char *body, size_t len)
+{
+    struct buf z;
+    buf_init(&z, 0);
+    int packed = zbody_pack(body, len, &z) == 1;
+    const char *argv[] = {"SET", key, packed ? z.data : body};
+    size_t lens[] = {3, strlen(key), packed ? z.len : len};
+    q_pipe_cmdv(p, 3, argv, lens); /* hiredis copies the arguments */
+    buf_free(&z);
+}
+
 /* personal_copies - queue on p (inside the MULTI) the SET of each
  * recipient's own copy, mg:msg:{id}:body:{i+1} (suppressed recipients have
  * none), and the number of copies in the record. */
@@ -91,9 +106,7 @@ static void personal_copies(struct q_pipe *p, const struct queue_new_message *m)
         if (!m->rcpts[i].body)
             continue;
         snprintf(key, sizeof(key), "mg:msg:%s:body:%zu", m->id, i + 1);
-        const char *argv[] = {"SET", key, m->rcpts[i].body};
-        size_t lens[] = {3, strlen(key), m->rcpts[i].bodylen};
-        q_pipe_cmdv(p, 3, argv, lens);
+        set_body(p, key, m->rcpts[i].body, m->rcpts[i].bodylen);
     }
     q_pipe_cmd(p, "HSET mg:msg:%s copies %lld", m->id, (long long)m->nrcpts); /* hiredis: no %zu */
 }
@@ -135,7 +148,9 @@ static void personal_jobs(struct q_pipe *p, const struct queue_new_message *m)
     json_decref(sched);
 }
 
-int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
+/* enqueue_cmds - queue on p the MULTI ... EXEC that stores m (see
+ * queue_message_enqueue). */
+static void enqueue_cmds(struct q_pipe *p, const struct queue_new_message *m)
 {
     char created[24], key[128];
     snprintf(created, sizeof(created), "%lld", (long long)m->created_ms);
@@ -151,10 +166,8 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
     char *meta_s = m->metadata ? json_dumps(m->metadata, JSON_COMPACT) : strdup("{}");
     char *job_r = json_dumps(job_rcpts, JSON_COMPACT);
 
-    struct q_pipe p;
-    q_pipe_begin(&p, q);
-    q_pipe_cmd(&p, "MULTI");
-    q_pipe_cmd(&p, "HSET mg:msg:%s tenant %s created_at %s from %s subject %s tags %s metadata %s "
+    q_pipe_cmd(p, "MULTI");
+    q_pipe_cmd(p, "HSET mg:msg:%s tenant %s created_at %s from %s subject %s tags %s metadata %s "
                    "mail_from %s rcpts %s",
                m->id, m->tenant, created, m->from, m->subject ? m->subject : "", tags_s, meta_s,
                m->mail_from, rcpts_s);
@@ -162,7 +175,7 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
         json_t *st = json_pack("{s:s, s:i, s:n}", "status", m->rcpts[i].status, "attempts", 0,
                                "last_reply");
         char *st_s = json_dumps(st, JSON_COMPACT);
-        q_pipe_cmd(&p, "HSET mg:msg:%s:rcpt %s %s", m->id, m->rcpts[i].email, st_s);
+        q_pipe_cmd(p, "HSET mg:msg:%s:rcpt %s %s", m->id, m->rcpts[i].email, st_s);
         free(st_s);
         json_decref(st);
         json_t *ev = queue_event_new(strcmp(m->rcpts[i].status, "suppressed") ? "queued" : "suppressed",
@@ -170,48 +183,161 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
         if (!strcmp(m->rcpts[i].status, "suppressed"))
             json_object_set_new(ev, "reason", json_string("suppressed"));
         char *ev_s = json_dumps(ev, JSON_COMPACT);
-        q_event_append(&p, m->tenant, m->id, ev, ev_s);
+        q_event_append(p, m->tenant, m->id, ev, ev_s);
         free(ev_s);
         json_decref(ev);
     }
     if (m->personal) {
-        personal_copies(&p, m);
+        personal_copies(p, m);
     } else {
         snprintf(key, sizeof(key), "mg:msg:%s:body", m->id);
-        const char *argv[] = {"SET", key, m->body};
-        size_t lens[] = {3, strlen(key), m->bodylen};
-        q_pipe_cmdv(&p, 3, argv, lens);
+        set_body(p, key, m->body, m->bodylen);
     }
-    q_msg_index(&p, m); /* the read-side indexes and the status index */
+    q_msg_index(p, m); /* the read-side indexes and the status index */
     if (json_array_size(job_rcpts))
-        q_pipe_cmd(&p, "ZADD " QUEUE_OPEN " %lld %s", (long long)m->created_ms, m->id);
+        q_pipe_cmd(p, "ZADD " QUEUE_OPEN " %lld %s", (long long)m->created_ms, m->id);
     if (json_array_size(job_rcpts)) {
         if (m->personal) {
-            personal_jobs(&p, m);
+            personal_jobs(p, m);
         } else if (m->due_ms > 0) {
             json_t *job = json_pack("{s:s, s:s, s:O, s:i}", "t", m->tenant, "m", m->id, "r", job_rcpts, "a", 1);
             char *job_s = json_dumps(job, JSON_COMPACT);
-            q_pipe_cmd(&p, "ZADD " QUEUE_DELAYED " %lld %s", (long long)m->due_ms, job_s);
+            q_pipe_cmd(p, "ZADD " QUEUE_DELAYED " %lld %s", (long long)m->due_ms, job_s);
             /* kept so that DELETE /v1/messages/{id} can find and remove it */
-            q_pipe_cmd(&p, "HSET mg:msg:%s sched %s", m->id, job_s);
+            q_pipe_cmd(p, "HSET mg:msg:%s sched %s", m->id, job_s);
             free(job_s);
             json_decref(job);
         } else {
-            q_pipe_cmd(&p, "XADD " QUEUE_STREAM_PREFIX "%s * m %s r %s a 1", m->tenant, m->id, job_r);
-            q_pipe_cmd(&p, "SADD " QUEUE_TENANTS " %s", m->tenant);
+            q_pipe_cmd(p, "XADD " QUEUE_STREAM_PREFIX "%s * m %s r %s a 1", m->tenant, m->id, job_r);
+            q_pipe_cmd(p, "SADD " QUEUE_TENANTS " %s", m->tenant);
         }
     }
-    q_pipe_cmd(&p, "EXEC");
-    redisReply **r = q_pipe_end(&p);
-    int ok = q_exec_ok(r, p.n);
-    q_replies_free(r, p.n);
+    q_pipe_cmd(p, "EXEC");
     free(rcpts_s);
     free(tags_s);
     free(meta_s);
     free(job_r);
     json_decref(rcpts);
     json_decref(job_rcpts);
+}
+
+int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
+{
+    struct q_pipe p;
+    q_pipe_begin(&p, q);
+    enqueue_cmds(&p, m);
+    redisReply **r = q_pipe_end(&p);
+    int ok = q_exec_ok(r, p.n);
+    q_replies_free(r, p.n);
     return ok ? 0 : -1;
+}
+
+/* The suppression guard, run between WATCH and MULTI. KEYS[1] mg:supp:{t},
+ * KEYS[2] mg:guard:{id}; ARGV[1] the guard's TTL (ms), ARGV[2..] the
+ * lower-cased addresses. Returns the 0-based places (in ARGV[2..]) of the
+ * suppressed ones; when there are any it touches the guard, which the
+ * caller WATCHes, so that the EXEC that follows writes nothing. HMGET in
+ * slices: unpack() has a limit on the values it can return. */
+static const char guard_lua[] =
+    "local hits = {}\n"
+    "for s = 2, #ARGV, 1000 do\n"
+    "  local v = redis.call('HMGET', KEYS[1], unpack(ARGV, s, math.min(s + 999, #ARGV)))\n"
+    "  for i = 1, #v do if v[i] then hits[#hits + 1] = s + i - 3 end end\n"
+    "end\n"
+    "if #hits > 0 then redis.call('SET', KEYS[2], '1', 'PX', ARGV[1]) end\n"
+    "return hits\n";
+
+#define GUARD_TTL_MS "10000" /* outlives any one pipeline by far */
+#define GUARD_TRIES 3        /* aborted by a concurrent suppression change, no hit */
+
+/* guarded_once - one WATCH / guard / MULTI ... EXEC pipeline. 0 stored,
+ * 1 hits (in hit), 2 aborted without a hit (mg:supp changed meanwhile:
+ * try again), -1 error. */
+static int guarded_once(struct queue *q, const struct queue_new_message *m, int *hit)
+{
+    char supp[128], guard[128];
+    snprintf(supp, sizeof(supp), "mg:supp:%s", m->tenant);
+    snprintf(guard, sizeof(guard), "mg:guard:%s", m->id);
+    size_t n = 0;
+    for (size_t i = 0; i < m->nrcpts; i++)
+        n += strcmp(m->rcpts[i].status, "suppressed") != 0;
+    const char **argv = calloc(n + 6, sizeof(*argv));
+    size_t *at = calloc(n + 1, sizeof(*at));         /* checked place -> recipient */
+    char (*keys)[Q_SUPP_EMAIL_MAX + 1] = calloc(n + 1, sizeof(*keys));
+    if (!argv || !at || !keys) {
+        free(argv);
+        free(at);
+        free(keys);
+        return -1;
+    }
+    int argc = 0;
+    argv[argc++] = "EVAL";
+    argv[argc++] = guard_lua;
+    argv[argc++] = "2";
+    argv[argc++] = supp;
+    argv[argc++] = guard;
+    argv[argc++] = GUARD_TTL_MS;
+    for (size_t i = 0, k = 0; i < m->nrcpts; i++) {
+        if (!strcmp(m->rcpts[i].status, "suppressed"))
+            continue;
+        q_supp_lower(m->rcpts[i].email, keys[k], sizeof(keys[k]));
+        argv[argc++] = keys[k];
+        at[k++] = i;
+    }
+    struct q_pipe p;
+    q_pipe_begin(&p, q);
+    q_pipe_cmd(&p, "WATCH %s %s", guard, supp);
+    q_pipe_cmdv(&p, argc, argv, NULL);
+    enqueue_cmds(&p, m);
+    redisReply **r = q_pipe_end(&p);
+    free(argv);
+    free(keys);
+    int rc = -1;
+    if (r) {
+        redisReply *g = r[1], *x = r[p.n - 1];
+        size_t nhit = 0;
+        if (g->type == REDIS_REPLY_ARRAY) {
+            for (size_t j = 0; j < g->elements; j++) {
+                long long k = g->element[j]->type == REDIS_REPLY_INTEGER ? g->element[j]->integer : -1;
+                if (k >= 0 && (size_t)k < n) {
+                    hit[at[k]] = 1;
+                    nhit++;
+                }
+            }
+        }
+        if (q_exec_ok(r, p.n)) {
+            rc = 0;
+            /* cannot happen (the guard aborts the EXEC), but if the check
+             * itself failed the message went in unchecked: say so */
+            if (g->type != REDIS_REPLY_ARRAY || nhit)
+                log_kv(LOG_ERROR, "suppression_guard_failed", "message_id", m->id, "reply",
+                       g->type == REDIS_REPLY_ERROR ? g->str : "hits after commit", NULL);
+        } else if (x->type == REDIS_REPLY_NIL && g->type == REDIS_REPLY_ARRAY) {
+            rc = nhit ? 1 : 2;
+        } else if (g->type == REDIS_REPLY_ERROR) {
+            log_kv(LOG_ERROR, "redis_error", "reply", g->str, NULL);
+        }
+    }
+    q_replies_free(r, p.n);
+    free(at);
+    return rc;
+}
+
+int queue_message_enqueue_checked(struct queue *q, const struct queue_new_message *m, int *hit)
+{
+    memset(hit, 0, m->nrcpts * sizeof(*hit));
+    size_t open = 0;
+    for (size_t i = 0; i < m->nrcpts; i++)
+        open += strcmp(m->rcpts[i].status, "suppressed") != 0;
+    if (open == 0)
+        return queue_message_enqueue(q, m); /* nobody left to check */
+    for (int tries = 0; tries < GUARD_TRIES; tries++) {
+        int rc = guarded_once(q, m, hit);
+        if (rc != 2)
+            return rc;
+    }
+    log_kv(LOG_WARN, "suppression_guard_busy", "message_id", m->id, NULL);
+    return -1;
 }
 
 /* ---- tracking events ------------------------------------------------- */
@@ -232,10 +358,15 @@ int queue_track_load(struct queue *q, const char *tenant, const char *id, const 
     q_pipe_cmd(&p, "HMGET mg:msg:%s tenant tags metadata", id);
     /* "delivered" follows the recipient's "queued" (and any "deferred")
      * near the head of the list; opens and clicks pile up behind it. */
-    q_pipe_cmd(&p, "LRANGE mg:msg:%s:events 0 %d", id, QUEUE_TRACK_SCAN_MAX - 1);
+    q_pipe_msg_events(&p, id, QUEUE_TRACK_SCAN_MAX);
     redisReply **r = q_pipe_end(&p);
     if (!r)
         return -1;
+    if (r[1]->type == REDIS_REPLY_ERROR) {
+        log_kv(LOG_ERROR, "redis_error", "reply", r[1]->str, NULL);
+        q_replies_free(r, p.n);
+        return -1;
+    }
     redisReply *h = r[0];
     if (h->type == REDIS_REPLY_ARRAY && h->elements == 3 && h->element[0]->str &&
         !strcmp(h->element[0]->str, tenant)) {
@@ -358,8 +489,9 @@ json_t *q_message_json(const char *tenant, const char *id, const redisReply *rec
     if (evs) {
         json_t *events = json_array();
         for (i = 0; evs->type == REDIS_REPLY_ARRAY && i < evs->elements; i++) {
-            json_t *ev = json_loadb(evs->element[i]->str, evs->element[i]->len, 0, NULL);
-            if (ev)
+            const redisReply *x = evs->element[i];
+            json_t *ev = x->type == REDIS_REPLY_STRING ? json_loadb(x->str, x->len, 0, NULL) : NULL;
+            if (ev) /* an event past its retention is gone */
                 json_array_append_new(events, ev);
         }
         json_object_set_new(m, "events", events);
@@ -374,10 +506,15 @@ int queue_message_get(struct queue *q, const char *tenant, const char *id, json_
     q_pipe_begin(&p, q);
     q_pipe_cmd(&p, "HGETALL mg:msg:%s", id);
     q_pipe_cmd(&p, "HGETALL mg:msg:%s:rcpt", id);
-    q_pipe_cmd(&p, "LRANGE mg:msg:%s:events 0 -1", id);
+    q_pipe_msg_events(&p, id, 0); /* one round trip: the bodies are read in Redis */
     redisReply **r = q_pipe_end(&p);
     if (!r)
         return -1;
+    if (r[2]->type == REDIS_REPLY_ERROR) {
+        log_kv(LOG_ERROR, "redis_error", "reply", r[2]->str, NULL);
+        q_replies_free(r, p.n);
+        return -1;
+    }
     json_t *m = q_message_json(tenant, id, r[0], r[1], r[2]);
     q_replies_free(r, p.n);
     if (!m)

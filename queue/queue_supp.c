@@ -15,9 +15,9 @@
 
 #include "common/util.h"
 
-#define SUPP_EMAIL_MAX 320
+#define SUPP_EMAIL_MAX Q_SUPP_EMAIL_MAX
 
-static void lower(const char *in, char *out, size_t len)
+void q_supp_lower(const char *in, char *out, size_t len)
 {
     size_t i = 0;
     for (; in[i] && i + 1 < len; i++)
@@ -28,7 +28,7 @@ static void lower(const char *in, char *out, size_t len)
 int queue_supp_add(struct queue *q, const char *tenant, const char *email, const char *reason, json_t **out)
 {
     char key[SUPP_EMAIL_MAX + 1], ts[40];
-    lower(email, key, sizeof(key));
+    q_supp_lower(email, key, sizeof(key));
     json_t *rec = json_pack("{s:s, s:s, s:s}", "email", email, "reason", reason ? reason : "manual",
                             "created_at", util_rfc3339(util_now_ms(), ts, sizeof(ts)));
     char *s = json_dumps(rec, JSON_COMPACT);
@@ -49,7 +49,7 @@ int queue_supp_add(struct queue *q, const char *tenant, const char *email, const
 int queue_supp_remove(struct queue *q, const char *tenant, const char *email)
 {
     char key[SUPP_EMAIL_MAX + 1];
-    lower(email, key, sizeof(key));
+    q_supp_lower(email, key, sizeof(key));
     redisReply *r = q_cmd(q, "HDEL mg:supp:%s %s", tenant, key);
     if (!r)
         return -1;
@@ -69,7 +69,7 @@ int queue_supp_check(struct queue *q, const char *tenant, const char *const *ema
     argv[0] = "HMGET";
     argv[1] = name;
     for (size_t i = 0; i < n; i++) {
-        lower(emails[i], keys[i], sizeof(keys[i]));
+        q_supp_lower(emails[i], keys[i], sizeof(keys[i]));
         argv[i + 2] = keys[i];
     }
     redisReply *r = q_cmdv(q, (int)n + 2, argv, NULL);

@@ -32,7 +32,7 @@ static const char *const tmpl_parts[] = {"subject", "text", "html"};
  * html a flag ("1" present / "0" absent) and the source. Returns
  * {created (1/0, or -1 when the tenant is full), created_at}.
  */
-static const char put_lua[] =
+const char q_lua_tmpl_put[] =
     "local cat = redis.call('HGET', KEYS[1], 'created_at')\n"
     "local created = 0\n"
     "if not cat then\n"
@@ -92,12 +92,10 @@ int queue_tmpl_put(struct queue *q, const char *tenant, const char *name, const 
     snprintf(max, sizeof(max), "%zu", max_templates);
     const char *part_src[3] = {src->subject, src->text, src->html};
     size_t part_len[3] = {src->subject_len, src->text_len, src->html_len};
-    const char *argv[15];
-    size_t lens[15];
+    const char *argv[13];
+    size_t lens[13];
     int n = 0;
 #define ARG(s, l) (argv[n] = (s), lens[n] = (l), n++)
-    ARG("EVAL", 4);
-    ARG(put_lua, strlen(put_lua));
     ARG("2", 1);
     ARG(hk, strlen(hk));
     ARG(ik, strlen(ik));
@@ -109,7 +107,7 @@ int queue_tmpl_put(struct queue *q, const char *tenant, const char *name, const 
         ARG(part_src[i] ? part_src[i] : "", part_src[i] ? part_len[i] : 0);
     }
 #undef ARG
-    redisReply *r = q_cmdv(q, n, argv, lens);
+    redisReply *r = q_script_cmdv(q, q_lua_tmpl_put, n, argv, lens);
     if (!r)
         return -1;
     int rc = -1;

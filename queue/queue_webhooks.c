@@ -9,14 +9,21 @@
  *                                bytes, sent unchanged on every attempt), n (attempts
  *                                made), first (ms, when it was created), claim (token)
  *   mg:wh:due             zset   delivery ids "{w}:{e}" by due time (ms)
- *   mg:feed               stream read through the consumer group "dispatchers"
+ *   mg:feed               stream t (tenant), e (event id; the JSON is mg:event:{e}), read
+ *                                through the consumer group "dispatchers"; only events of
+ *                                tenants that have a webhook are added (queue_events.c)
  *
  * Invariants:
  *  - Fan-out is one Lua script per feed entry: it reads the tenant's
- *    webhooks, creates the deliveries and XACKs + XDELs the entry, all
- *    atomically - an entry is never acknowledged without its deliveries,
- *    and its deliveries are never made twice. A delivery id is derived from
- *    (webhook, event), so even a replayed entry cannot double one.
+ *    webhooks and, when there is one, the event's body by its id, creates
+ *    the deliveries and XACKs + XDELs the entry, all atomically - an entry
+ *    is never acknowledged without its deliveries, and its deliveries are
+ *    never made twice. A delivery id is derived from (webhook, event), so
+ *    even a replayed entry cannot double one. An event whose body expired
+ *    (retention) before its entry was read makes none; the entry is only
+ *    acknowledged. Entries an older version wrote hold the event JSON in
+ *    e (it begins with '{'): that JSON is the body.
+ *  - The scripts are called by SHA1 (queue_redis.c).
  *  - A claim (Lua) moves a due delivery's score to now + lease and stamps
  *    it with a fresh token. Only the holder of the current token may record
  *    the outcome; when a process dies mid-attempt the lease runs out and
@@ -47,28 +54,39 @@
 
 /* KEYS[1] webhooks hash; ARGV[1] id, ARGV[2] record JSON, ARGV[3] max.
  * Returns 1 when stored, 0 when the tenant already has max webhooks. */
-static const char create_lua[] =
+const char q_lua_wh_create[] =
     "if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end\n"
     "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
     "return 1\n";
 
 /* KEYS[1] tenant's webhooks, KEYS[2] mg:feed, KEYS[3] mg:wh:due;
- * ARGV[1] entry id, ARGV[2] tenant, ARGV[3] event id, ARGV[4] event type,
- * ARGV[5] event body, ARGV[6] now (ms). Returns the deliveries made. */
-static const char fanout_lua[] =
+ * ARGV[1] entry id, ARGV[2] tenant, ARGV[3] event id ('' for an unusable
+ * entry: only acknowledged), ARGV[4] event type ('' = read it from the
+ * body), ARGV[5] event body ('' = the stored one, mg:event:{id}), ARGV[6]
+ * now (ms). An entry names its event by id; its body is read only when
+ * the tenant has a webhook, and an event whose body has expired (past the
+ * retention) makes no delivery. Returns the deliveries made. */
+const char q_lua_wh_fanout[] =
     "local n = 0\n"
-    "if ARGV[3] ~= '' then\n"
-    "  for _, h in ipairs(redis.call('HVALS', KEYS[1])) do\n"
+    "local hooks = ARGV[3] ~= '' and redis.call('HVALS', KEYS[1]) or {}\n"
+    "local body, ty = ARGV[5], ARGV[4]\n"
+    "if #hooks > 0 and body == '' then body = redis.call('GET', 'mg:event:' .. ARGV[3]) end\n"
+    "if body and ty == '' and #hooks > 0 then\n"
+    "  local ok, ev = pcall(cjson.decode, body)\n"
+    "  ty = ok and type(ev) == 'table' and type(ev.type) == 'string' and ev.type or ''\n"
+    "end\n"
+    "if body and ty ~= '' then\n"
+    "  for _, h in ipairs(hooks) do\n"
     "    local ok, w = pcall(cjson.decode, h)\n"
     "    if ok and type(w) == 'table' and type(w.id) == 'string' and type(w.events) == 'table' then\n"
     "      local match = false\n"
-    "      for _, t in ipairs(w.events) do if t == ARGV[4] then match = true end end\n"
+    "      for _, t in ipairs(w.events) do if t == ty then match = true end end\n"
     "      if match then\n"
     "        local id = w.id .. ':' .. ARGV[3]\n"
     "        local k = 'mg:whd:' .. id\n"
     "        if redis.call('EXISTS', k) == 0 then\n"
-    "          redis.call('HSET', k, 't', ARGV[2], 'w', w.id, 'ev', ARGV[3], 'type', ARGV[4],\n"
-    "                     'body', ARGV[5], 'n', '0', 'first', ARGV[6])\n"
+    "          redis.call('HSET', k, 't', ARGV[2], 'w', w.id, 'ev', ARGV[3], 'type', ty,\n"
+    "                     'body', body, 'n', '0', 'first', ARGV[6])\n"
     "          redis.call('ZADD', KEYS[3], ARGV[6], id)\n"
     "          n = n + 1\n"
     "        end\n"
@@ -84,7 +102,7 @@ static const char fanout_lua[] =
  * Claims at most one due delivery. Returns {} or {id, t, w, ev, type,
  * body, n, first, webhook JSON}. Deliveries whose record or webhook is
  * gone are dropped on the way. */
-static const char claim_lua[] =
+const char q_lua_wh_claim[] =
     "for _ = 1, 16 do\n"
     "  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)\n"
     "  if #ids == 0 then return {} end\n"
@@ -108,7 +126,7 @@ static const char claim_lua[] =
  * (done|retry|release), ARGV[4] next due (ms), ARGV[5] attempts made,
  * ARGV[6] log entry JSON ('' for none), ARGV[7] webhook id, ARGV[8] log max.
  * Returns 1, or 0 when the claim was lost (nothing written). */
-static const char finish_lua[] =
+const char q_lua_wh_finish[] =
     "if redis.call('HGET', KEYS[2], 'claim') ~= ARGV[1] then return 0 end\n"
     "if ARGV[3] == 'done' then\n"
     "  redis.call('ZREM', KEYS[1], ARGV[2])\n"
@@ -135,6 +153,20 @@ int queue_wh_id_ok(const char *id)
     return 1;
 }
 
+/* id_ok - 1 when an event id from the feed is 1..64 of [A-Za-z0-9_-]: it
+ * becomes part of key names (mg:event:{id}, mg:whd:{w}:{id}). */
+static int id_ok(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n > 64)
+        return 0;
+    for (const char *p = id; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || *p == '_' ||
+              *p == '-'))
+            return 0;
+    return 1;
+}
+
 int queue_wh_create(struct queue *q, const char *tenant, const json_t *hook, size_t max)
 {
     const char *id = json_string_value(json_object_get(hook, "id"));
@@ -143,7 +175,7 @@ int queue_wh_create(struct queue *q, const char *tenant, const json_t *hook, siz
     char *s = json_dumps(hook, JSON_COMPACT);
     if (!s)
         return -1;
-    redisReply *r = q_cmd(q, "EVAL %s 1 mg:wh:%s %s %s %d", create_lua, tenant, id, s, (int)max);
+    redisReply *r = q_script_cmd(q, q_lua_wh_create, "1 mg:wh:%s %s %s %d", tenant, id, s, (int)max);
     free(s);
     if (!r)
         return -1;
@@ -373,28 +405,31 @@ int queue_feed_fanout(struct queue *q, const struct queue_feed_entry *v, int n, 
         return 0;
     struct q_pipe p;
     q_pipe_begin(&p, q);
+    char now[24];
+    snprintf(now, sizeof(now), "%lld", (long long)now_ms);
     for (int i = 0; i < n; i++) {
-        json_t *ev = v[i].event ? json_loadb(v[i].event, v[i].eventlen, 0, NULL) : NULL;
-        const char *id = json_string_value(json_object_get(ev, "id"));
-        const char *type = json_string_value(json_object_get(ev, "type"));
+        /* An entry names its event by id; one written by an older version
+         * holds the event JSON itself (it begins with '{'), sent as is. */
+        int legacy = v[i].event && v[i].eventlen && v[i].event[0] == '{';
+        json_t *ev = legacy ? json_loadb(v[i].event, v[i].eventlen, 0, NULL) : NULL;
+        const char *id = legacy ? json_string_value(json_object_get(ev, "id")) : v[i].event;
+        const char *type = legacy ? json_string_value(json_object_get(ev, "type")) : "";
         /* A malformed entry (or one with an unusable tenant) is only
          * acknowledged: the script makes no delivery for an empty id. */
-        int usable = id && type && strlen(id) <= 64 && !strchr(id, ':') && queue_tenant_name_ok(v[i].tenant);
+        int usable = id && type && id_ok(id) && queue_tenant_name_ok(v[i].tenant);
         if (!usable)
             log_kv(LOG_WARN, "feed_entry_malformed", "entry", v[i].entry_id, NULL);
-        char now[24];
-        snprintf(now, sizeof(now), "%lld", (long long)now_ms);
         char hooks[QUEUE_TENANT_MAX + 16];
         snprintf(hooks, sizeof(hooks), "mg:wh:%s", usable ? v[i].tenant : "-");
-        const char *argv[] = {"EVAL", fanout_lua, "3", hooks, QUEUE_FEED, QUEUE_WH_DUE, v[i].entry_id,
+        const char *argv[] = {"3", hooks, QUEUE_FEED, QUEUE_WH_DUE, v[i].entry_id,
                               usable ? v[i].tenant : "", usable ? id : "", usable ? type : "",
-                              usable ? v[i].event : "", now};
-        size_t lens[12];
-        for (int k = 0; k < 12; k++)
+                              usable && legacy ? v[i].event : "", now};
+        size_t lens[10];
+        for (int k = 0; k < 10; k++)
             lens[k] = strlen(argv[k]);
-        if (usable)
-            lens[10] = v[i].eventlen; /* the exact bytes, whatever they hold */
-        q_pipe_cmdv(&p, 12, argv, lens);
+        if (usable && legacy)
+            lens[8] = v[i].eventlen; /* the exact bytes, whatever they hold */
+        q_pipe_script(&p, q_lua_wh_fanout, 10, argv, lens);
         json_decref(ev);
     }
     redisReply **r = q_pipe_end(&p);
@@ -435,8 +470,8 @@ int queue_wh_claim(struct queue *q, int64_t now_ms, int64_t lease_ms, struct que
     if (util_random_bytes(rnd, sizeof(rnd)) < 0)
         return -1;
     util_hex(rnd, sizeof(rnd), a->token);
-    redisReply *r = q_cmd(q, "EVAL %s 1 " QUEUE_WH_DUE " %lld %lld %s", claim_lua, (long long)now_ms,
-                          (long long)(now_ms + lease_ms), a->token);
+    redisReply *r = q_script_cmd(q, q_lua_wh_claim, "1 " QUEUE_WH_DUE " %lld %lld %s", (long long)now_ms,
+                                 (long long)(now_ms + lease_ms), a->token);
     if (!r)
         return -1;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 9) {
@@ -491,9 +526,9 @@ int queue_wh_finish(struct queue *q, const struct queue_wh_attempt *a, enum queu
     snprintf(dkey, sizeof(dkey), "mg:whd:%s", a->id);
     snprintf(lkey, sizeof(lkey), "mg:wh:%s:%s:log", a->tenant, a->webhook_id);
     snprintf(hkey, sizeof(hkey), "mg:wh:%s", a->tenant);
-    const char *argv[] = {"EVAL", finish_lua, "4", QUEUE_WH_DUE, dkey, lkey, hkey, a->token, a->id,
+    const char *argv[] = {"4", QUEUE_WH_DUE, dkey, lkey, hkey, a->token, a->id,
                           modes[how], due, n, entry ? entry : "", a->webhook_id, logmax};
-    redisReply *r = q_cmdv(q, 15, argv, NULL);
+    redisReply *r = q_script_cmdv(q, q_lua_wh_finish, 13, argv, NULL);
     free(entry);
     if (!r)
         return -1;

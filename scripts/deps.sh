@@ -9,7 +9,7 @@ set -eu
 
 PKGS="build-essential pkg-config ca-certificates openssl
 libmicrohttpd-dev libjansson-dev libssl-dev libhiredis-dev libcurl4-openssl-dev
-libidn2-dev libcmocka-dev clang redis-server redis-tools postfix
+libidn2-dev zlib1g-dev libcmocka-dev clang redis-server redis-tools postfix
 python3 python3-pytest python3-requests python3-aiosmtpd python3-dkim
 python3-cryptography python3-yaml python3-nacl python3-jsonschema wrk"
 

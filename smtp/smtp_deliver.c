@@ -4,11 +4,22 @@
  * transaction through a persistent session, and record one outcome per
  * recipient; plus the scheduler that moves due retries back to the stream.
  *
- * Per job a worker makes three Redis round trips (read, load, record),
- * never one per SMTP command. The job is acknowledged only in the same
- * Redis transaction that records its outcome; if that cannot be written,
- * the worker keeps retrying it (and a restart re-reads the pending entry),
- * so an accepted message is never lost: delivery is at-least-once.
+ * A worker works in batches: the jobs of one read (up to DELIVER_BATCH_MAX,
+ * as many as take about DELIVER_BATCH_TARGET_MS at the relay's recent
+ * pace) are loaded in one Redis round trip and sent one after another;
+ * each job's outcome is written to Redis (its own MULTI/EXEC) as soon as
+ * it is decided, without waiting for the reply, and the replies are read
+ * in one wait at the end of the batch, with the next read (XREADGROUP ...
+ * BLOCK) queued after them: two waits on Redis per batch instead of three
+ * per message, never one per SMTP command. An outcome is never held
+ * back: Redis records it while the next message is sent. A job is
+ * acknowledged only in the same Redis transaction that records its
+ * outcome; if that cannot be written, the worker keeps retrying it, with
+ * the same events, before it loads anything else (and a restart re-reads
+ * the pending entry), so an accepted message is never lost: delivery is
+ * at-least-once, and a sender killed mid-batch leaves only the message
+ * in transfer delivered but unrecorded (its jobs not yet sent are simply
+ * pending).
  *
  * Relays are tried in the order given: when a session to one cannot be
  * opened, the next is tried for the same job.
@@ -39,7 +50,9 @@
 #define DELIVER_BLOCK_MS 1000       /* XREADGROUP BLOCK; bounds stop latency */
 #define DELIVER_SCHEDULE_MS 250     /* how often due retries are looked for */
 #define DELIVER_BACKOFF_MAX_MS 8000 /* Redis reconnect back-off cap */
-#define DELIVER_BATCH_MAX 16        /* jobs one worker reads at once (one per tenant) */
+#define DELIVER_BATCH_MAX 16        /* jobs one worker reads at once */
+#define DELIVER_BATCH_TARGET_MS 50  /* a batch takes about this long (batch_size) */
+#define DELIVER_INFLIGHT_MAX (2 * DELIVER_BATCH_MAX) /* a batch being recorded + the next */
 #define DELIVER_RECLAIM_MAX 64      /* taken-over jobs waiting for a worker */
 #define RELAY_FAULT_HOLD_MS 60000   /* a misconfigured relay (auth, TLS) sits out this long */
 #define RELAY_DOWN_MIN_MS 1000      /* first reconnect back-off after a failed connect */
@@ -60,8 +73,9 @@ struct worker {
     struct smtp_session **sessions; /* one per relay, opened on demand */
     int64_t *last_used;             /* per relay: mono ms of the last transaction */
     pthread_mutex_t mu;             /* guards inflight */
-    struct queue_inflight inflight[DELIVER_BATCH_MAX];
+    struct queue_inflight inflight[DELIVER_INFLIGHT_MAX];
     int ninflight;
+    int64_t job_us;                 /* moving average of one job's time (batch_size) */
 };
 
 static struct {
@@ -364,19 +378,40 @@ static int try_relays(struct worker *w, struct smtp_rcpt *fail, int *tried)
     return -1;
 }
 
-/* record - write the outcomes, retrying while Redis is away: the outcome
- * exists only in memory until this succeeds. */
-static void record(struct queue *q, const struct queue_job *job, const struct queue_delivery *d,
-                   struct queue_outcome *o, size_t n, int64_t due)
+/* inflight_put - publish the entries this worker holds, for the keeper:
+ * jobs[0..n) owned by consumer, replacing (add 0) or after (add 1) those
+ * published before. */
+static void inflight_put(struct worker *w, const struct queue_job *jobs, int n, const char *consumer, int add)
+{
+    pthread_mutex_lock(&w->mu);
+    if (!add)
+        w->ninflight = 0;
+    for (int i = 0; i < n && w->ninflight < DELIVER_INFLIGHT_MAX; i++) {
+        struct queue_inflight *f = &w->inflight[w->ninflight++];
+        util_strlcpy(f->tenant, jobs[i].tenant, sizeof(f->tenant));
+        util_strlcpy(f->entry_id, jobs[i].entry_id, sizeof(f->entry_id));
+        util_strlcpy(f->consumer, consumer, sizeof(f->consumer));
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* record - write the outcomes f[0..n) not yet recorded, retrying while
+ * Redis is away: an outcome exists only in memory until this succeeds. A
+ * retry re-sends only the jobs not yet recorded, with the same events. */
+static void record(struct queue *q, struct queue_finish *f, int n)
 {
     int backoff = 100;
-    while (queue_job_finish(q, job, d, o, n, due) < 0) {
+    while (queue_jobs_finish(q, f, n, NULL) < 0) {
         if (atomic_load(&dv.stop)) {
-            log_kv(LOG_ERROR, "outcome_not_recorded", "message_id", job->msg_id,
-                   "reason", "redis unavailable at shutdown; the job stays pending", NULL);
-            for (size_t i = 0; i < n; i++) {
-                json_decref(o[i].event);
-                o[i].event = NULL;
+            for (int k = 0; k < n; k++) {
+                if (f[k].done)
+                    continue;
+                log_kv(LOG_ERROR, "outcome_not_recorded", "message_id", f[k].job->msg_id,
+                       "reason", "redis unavailable at shutdown; the job stays pending", NULL);
+                for (size_t i = 0; i < f[k].n; i++) {
+                    json_decref(f[k].o[i].event);
+                    f[k].o[i].event = NULL;
+                }
             }
             return;
         }
@@ -385,26 +420,39 @@ static void record(struct queue *q, const struct queue_job *job, const struct qu
     }
 }
 
-/* deliver_job - one job: load, send, decide per recipient, record. */
-static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job)
+/* What one job of a batch holds from its attempt until its outcomes are
+ * recorded (the outcomes point into these and into the job). */
+struct job_work {
+    struct smtp_rcpt *rc_v;
+    struct queue_outcome *o;
+    char (*replies)[SMTP_REPLY_TEXT_MAX + 32];
+};
+
+static void job_work_free(struct job_work *jw)
 {
-    struct queue_delivery d;
-    int rc = queue_delivery_load(q, job, &d);
-    if (rc < 0)
-        return; /* stays pending; read again after reconnect */
-    if (rc > 0) {
-        record(q, job, &d, NULL, 0, 0); /* message gone (retention): drop the job */
-        queue_delivery_free(&d);
+    free(jw->replies);
+    free(jw->o);
+    free(jw->rc_v);
+    memset(jw, 0, sizeof(*jw));
+}
+
+/* attempt - one loaded job: send, decide per recipient, and fill f with
+ * the outcomes to record (memory in jw). gone: the message no longer
+ * exists (retention): the job is only dropped. */
+static void attempt(struct worker *w, struct queue_job *job, struct queue_delivery *d, int gone,
+                    struct job_work *jw, struct queue_finish *f)
+{
+    *f = (struct queue_finish){.job = job, .d = d};
+    if (gone)
         return;
-    }
     size_t n = json_array_size(job->rcpts);
-    struct smtp_rcpt *rc_v = calloc(n ? n : 1, sizeof(*rc_v));
-    struct queue_outcome *o = calloc(n ? n : 1, sizeof(*o));
-    char (*replies)[SMTP_REPLY_TEXT_MAX + 32] = calloc(n ? n : 1, sizeof(*replies));
+    struct smtp_rcpt *rc_v = jw->rc_v = calloc(n ? n : 1, sizeof(*rc_v));
+    struct queue_outcome *o = jw->o = calloc(n ? n : 1, sizeof(*o));
+    char (*replies)[SMTP_REPLY_TEXT_MAX + 32] = jw->replies = calloc(n ? n : 1, sizeof(*replies));
     size_t nt = 0;
     for (size_t i = 0; i < n; i++) {
         const char *addr = json_string_value(json_array_get(job->rcpts, i));
-        json_t *st = json_object_get(d.rcpt_state, addr ? addr : "");
+        json_t *st = json_object_get(d->rcpt_state, addr ? addr : "");
         const char *s = json_string_value(json_object_get(st, "status"));
         /* A recipient whose outcome is already recorded is never sent again. */
         if (!addr || (s && (!strcmp(s, "delivered") || !strcmp(s, "bounced") ||
@@ -419,7 +467,7 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
     uint64_t started_us = hist_clock_us(); /* the attempt's duration_ms counts connecting too */
     /* Like Postfix's maximal_queue_lifetime, a recipient past its age still
      * gets the attempt that was due; it expires when that one defers too. */
-    if (nt && d.body) {
+    if (nt && d->body) {
         struct smtp_rcpt fail = {0};
         int tried = -1;
         int ri = dv.nrelays ? try_relays(w, &fail, &tried) : -1;
@@ -441,8 +489,8 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
         } else {
             relay_name = dv.relays[ri].name;
             tls_required = dv.relays[ri].tls == SMTP_TLS_REQUIRED;
-            struct smtp_txn t = {.mail_from = d.mail_from, .rcpts = rc_v, .nrcpts = nt,
-                                 .data = d.body, .datalen = d.bodylen};
+            struct smtp_txn t = {.mail_from = d->mail_from, .rcpts = rc_v, .nrcpts = nt,
+                                 .data = d->body, .datalen = d->bodylen};
             relay_rate_wait((size_t)ri);
             pool_busy(w, (size_t)ri);
             uint64_t txn_us = hist_clock_us();
@@ -467,23 +515,23 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
         const char *type, *status;
         o[i].email = r->addr;
         fmt_reply(r, replies[i], sizeof(replies[i]));
-        if (!d.body) {
+        if (!d->body) {
             /* the body is gone while a recipient is open: cannot happen
              * unless someone deleted keys; never retry forever. */
-            o[i].event = queue_event_new("bounced", job->msg_id, r->addr, d.tags, d.metadata);
+            o[i].event = queue_event_new("bounced", job->msg_id, r->addr, d->tags, d->metadata);
             json_object_set_new(o[i].event, "bounce_type", json_string("soft"));
             json_object_set_new(o[i].event, "reason", json_string("internal_error"));
             o[i].status = "bounced";
             util_strlcpy(replies[i], "internal_error", sizeof(replies[i]));
-        } else if (v == SMTP_DEFER && util_now_ms() - d.created_ms >= dv.max_age_ms) {
-            o[i].event = outcome_event("bounced", job, &d, r, relay_name, used, tls_required);
+        } else if (v == SMTP_DEFER && util_now_ms() - d->created_ms >= dv.max_age_ms) {
+            o[i].event = outcome_event("bounced", job, d, r, relay_name, used, tls_required);
             json_object_set_new(o[i].event, "bounce_type", json_string("soft"));
             json_object_set_new(o[i].event, "reason", json_string("expired"));
             o[i].status = "bounced";
         } else {
             type = v == SMTP_DELIVERED ? "delivered" : v == SMTP_BOUNCE ? "bounced" : "deferred";
             status = type;
-            o[i].event = outcome_event(type, job, &d, r, relay_name, used, tls_required);
+            o[i].event = outcome_event(type, job, d, r, relay_name, used, tls_required);
             if (v == SMTP_BOUNCE) {
                 json_object_set_new(o[i].event, "bounce_type", json_string("hard"));
                 /* A bad mailbox (5.1.x) is suppressed; a policy block (5.7.x)
@@ -497,8 +545,9 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
         o[i].last_reply = replies[i];
         int delivered = !strcmp(o[i].status, "delivered");
         atomic_fetch_add(delivered ? &c_delivered : !strcmp(o[i].status, "bounced") ? &c_bounced : &c_deferred, 1);
-        if (delivered && d.created_ms > 0)
-            hist_observe_us(&h_accept, finished_ms > d.created_ms ? (uint64_t)(finished_ms - d.created_ms) * 1000 : 0);
+        if (delivered && d->created_ms > 0)
+            hist_observe_us(&h_accept,
+                            finished_ms > d->created_ms ? (uint64_t)(finished_ms - d->created_ms) * 1000 : 0);
         char code[8];
         snprintf(code, sizeof(code), "%d", r->reply.code);
         /* the per-attempt line: fixed keys; "code" 0 means decided locally
@@ -516,28 +565,12 @@ static void deliver_job(struct worker *w, struct queue *q, struct queue_job *job
         /* the last retry falls exactly at MAILGATE_MAX_AGE, never after it,
          * and a recipient expires only once that age is reached */
         due = util_now_ms() + retry_delay(job->attempt);
-        if (d.created_ms && due > d.created_ms + dv.max_age_ms)
-            due = d.created_ms + dv.max_age_ms;
+        if (d->created_ms && due > d->created_ms + dv.max_age_ms)
+            due = d->created_ms + dv.max_age_ms;
     }
-    record(q, job, &d, o, nt, due);
-    free(replies);
-    free(o);
-    free(rc_v);
-    queue_delivery_free(&d);
-}
-
-/* inflight_set - publish the entries this worker holds, for the keeper. */
-static void inflight_set(struct worker *w, const struct queue_job *jobs, int n, const char *consumer)
-{
-    pthread_mutex_lock(&w->mu);
-    w->ninflight = 0;
-    for (int i = 0; i < n && i < DELIVER_BATCH_MAX; i++) {
-        struct queue_inflight *f = &w->inflight[w->ninflight++];
-        util_strlcpy(f->tenant, jobs[i].tenant, sizeof(f->tenant));
-        util_strlcpy(f->entry_id, jobs[i].entry_id, sizeof(f->entry_id));
-        util_strlcpy(f->consumer, consumer, sizeof(f->consumer));
-    }
-    pthread_mutex_unlock(&w->mu);
+    f->o = o;
+    f->n = nt;
+    f->retry_due_ms = due;
 }
 
 /* take_reclaimed - a job the keeper took over from a dead sender, if any. */
@@ -551,28 +584,120 @@ static int take_reclaimed(struct queue_job *job)
     return got;
 }
 
-/* poison - a job taken over too often kills senders or never finishes:
- * dead-letter it and bounce its open recipients (soft, internal_error). */
-static void poison(struct queue *q, struct queue_job *job)
+/* reclaimed_waiting - 1 when the keeper has taken-over jobs for a worker. */
+static int reclaimed_waiting(void)
 {
-    struct queue_delivery d;
-    if (queue_delivery_load(q, job, &d) < 0)
-        return;
-    queue_job_dead_letter(q, job, "reclaimed too often");
+    pthread_mutex_lock(&dv.rmu);
+    int n = dv.nreclaimed;
+    pthread_mutex_unlock(&dv.rmu);
+    return n > 0;
+}
+
+/* poison - a job taken over too often kills senders or never finishes:
+ * bounce its open recipients (soft, internal_error; run_batch has
+ * dead-lettered it); the outcomes go into f (memory in jw) like an
+ * attempt's. */
+static void poison(struct queue_job *job, struct queue_delivery *d, struct job_work *jw, struct queue_finish *f)
+{
     size_t n = json_array_size(job->rcpts);
-    struct queue_outcome *o = calloc(n ? n : 1, sizeof(*o));
+    struct queue_outcome *o = jw->o = calloc(n ? n : 1, sizeof(*o));
     for (size_t i = 0; i < n; i++) {
         o[i].email = json_string_value(json_array_get(job->rcpts, i));
         o[i].status = "bounced";
         o[i].last_reply = "internal_error";
-        o[i].event = queue_event_new("bounced", job->msg_id, o[i].email, d.tags, d.metadata);
+        o[i].event = queue_event_new("bounced", job->msg_id, o[i].email, d->tags, d->metadata);
         json_object_set_new(o[i].event, "bounce_type", json_string("soft"));
         json_object_set_new(o[i].event, "reason", json_string("internal_error"));
     }
     log_kv(LOG_ERROR, "job_dead_lettered", "tenant", job->tenant, "message_id", job->msg_id, "entry", job->entry_id, NULL);
-    record(q, job, &d, o, n, 0);
-    free(o);
-    queue_delivery_free(&d);
+    *f = (struct queue_finish){.job = job, .d = d, .o = o, .n = n};
+}
+
+/* batch_learn - fold one job's time (us) into w's moving average. */
+static void batch_learn(struct worker *w, uint64_t us)
+{
+    w->job_us = (3 * w->job_us + (int64_t)us) / 4;
+}
+
+/* batch_size - jobs w reads at once: as many as fit DELIVER_BATCH_TARGET_MS
+ * at its recent pace, so a slow relay reads one at a time (another
+ * tenant's message never waits behind a long batch), a fast one up to
+ * DELIVER_BATCH_MAX (fewer round trips per message). */
+static int batch_size(const struct worker *w)
+{
+    int64_t per = w->job_us > 0 ? w->job_us : 1;
+    int64_t k = (int64_t)DELIVER_BATCH_TARGET_MS * 1000 / per;
+    return k < 1 ? 1 : k > DELIVER_BATCH_MAX ? DELIVER_BATCH_MAX : (int)k;
+}
+
+/* merge_outcomes - a later job of the same message in this batch was
+ * loaded before f was recorded: show it f's outcomes, as if loaded after
+ * (a recorded recipient is never sent again; the bodies go with the last
+ * recipient). */
+static void merge_outcomes(const struct queue_finish *f, struct queue_job *jobs, struct queue_delivery *d,
+                           int from, int n)
+{
+    for (int k = from; k < n; k++) {
+        if (strcmp(jobs[k].msg_id, f->job->msg_id) != 0 || !d[k].rcpt_state)
+            continue;
+        for (size_t i = 0; i < f->n; i++)
+            json_object_set_new(d[k].rcpt_state, f->o[i].email, json_pack("{s:s}", "status", f->o[i].status));
+    }
+}
+
+/* run_batch - the jobs of one read: load them all in one round trip, then
+ * send each and write its outcomes to Redis at once (a MULTI/EXEC per
+ * job, written ahead: not waited for), so that a sender that dies leaves
+ * at most the message in transfer delivered but unrecorded, as without
+ * batches. The replies are read in one wait at the end, with the next
+ * read queued after them when the worker goes on reading. Outcomes not
+ * recorded are retried (record) before anything else is loaded. Frees
+ * jobs[0..n); returns the number of jobs read into next. */
+static int run_batch(struct worker *w, struct queue *q, struct queue_job *jobs, int n, const char *consumer,
+                     struct queue_job *next)
+{
+    struct queue_delivery d[DELIVER_BATCH_MAX];
+    struct queue_finish f[DELIVER_BATCH_MAX];
+    struct job_work jw[DELIVER_BATCH_MAX];
+    int gone[DELIVER_BATCH_MAX];
+    memset(jw, 0, sizeof(jw));
+    memset(f, 0, sizeof(f));
+    if (queue_delivery_load_many(q, jobs, n, d, gone) < 0) {
+        for (int i = 0; i < n; i++)
+            queue_job_free(&jobs[i]);
+        return 0; /* they stay pending; read again after reconnect */
+    }
+    /* before the recorder owns the connection */
+    for (int i = 0; i < n; i++)
+        if (jobs[i].reclaims > QUEUE_MAX_CLAIMS)
+            queue_job_dead_letter(q, &jobs[i], "reclaimed too often");
+    struct queue_read rd = {.consumer = consumer, .block_ms = DELIVER_BLOCK_MS, .out = next,
+                            .max = batch_size(w), .n = -1};
+    struct queue_rec *rec = queue_jobs_rec_begin(q, &rd);
+    log_hold(); /* the batch's delivery lines in one write, before any wait */
+    for (int i = 0; i < n; i++) {
+        uint64_t t0 = hist_clock_us();
+        if (jobs[i].reclaims > QUEUE_MAX_CLAIMS)
+            poison(&jobs[i], &d[i], &jw[i], &f[i]);
+        else
+            attempt(w, &jobs[i], &d[i], gone[i], &jw[i], &f[i]);
+        batch_learn(w, hist_clock_us() - t0);
+        merge_outcomes(&f[i], jobs, d, i + 1, n);
+        queue_jobs_rec_add(rec, &f[i]);
+    }
+    log_release();
+    /* Read on in the same round trip unless the loop would not read next. */
+    int again = !atomic_load(&dv.stop) && worker_can_send(w) && !reclaimed_waiting();
+    queue_jobs_rec_end(rec, again);
+    if (rd.n > 0)
+        inflight_put(w, next, rd.n, consumer, 1);
+    record(q, f, n);
+    for (int i = 0; i < n; i++) {
+        job_work_free(&jw[i]);
+        queue_delivery_free(&d[i]);
+        queue_job_free(&jobs[i]);
+    }
+    return rd.n > 0 ? rd.n : 0;
 }
 
 static void *worker_main(void *arg)
@@ -581,40 +706,52 @@ static void *worker_main(void *arg)
     char err[128], consumer[128], host[64] = "host";
     gethostname(host, sizeof(host) - 1);
     snprintf(consumer, sizeof(consumer), "%s-%d-%d", host, (int)getpid(), w->index);
+    char tname[16]; /* "top -H", /proc/PID/task/TID/comm */
+    snprintf(tname, sizeof(tname), "mg-send-%d", w->index);
+    pthread_setname_np(pthread_self(), tname);
     struct queue *q = queue_open(dv.redis_url, err, sizeof(err));
-    struct queue_job jobs[DELIVER_BATCH_MAX];
-    int backoff = 100;
-    while (q && !atomic_load(&dv.stop)) {
-        worker_idle(w);
-        if (!worker_can_send(w)) {
-            /* every relay this worker may use sits out: leave the jobs to
-             * workers that can send, or in the stream until one returns */
-            nap(250);
-            continue;
+    struct queue_job buf[2][DELIVER_BATCH_MAX];
+    struct queue_job *jobs = buf[0], *next = buf[1];
+    int n = 0, backoff = 100;
+    w->job_us = DELIVER_BATCH_TARGET_MS * 1000 / 4; /* start with batches of 4 */
+    /* Jobs already read are always sent, also after stop (as one read's
+     * jobs always were): stop then only ends the reading. */
+    while (q && (n > 0 || !atomic_load(&dv.stop))) {
+        if (n == 0) {
+            worker_idle(w);
+            if (!worker_can_send(w)) {
+                /* every relay this worker may use sits out: leave the jobs
+                 * to workers that can send, or in the stream until one
+                 * returns */
+                nap(250);
+                continue;
+            }
+            const char *owner = consumer;
+            if (take_reclaimed(&jobs[0])) {
+                n = 1;
+                owner = dv.keeper_consumer;
+            } else {
+                n = queue_jobs_read(q, consumer, DELIVER_BLOCK_MS, jobs, batch_size(w));
+            }
+            if (n < 0) {
+                n = 0;
+                nap(backoff);
+                backoff = backoff * 2 > DELIVER_BACKOFF_MAX_MS ? DELIVER_BACKOFF_MAX_MS : backoff * 2;
+                continue;
+            }
+            backoff = 100;
+            inflight_put(w, jobs, n, owner, 0);
+            if (n == 0)
+                continue;
         }
-        int n;
-        const char *owner = consumer;
-        if (take_reclaimed(&jobs[0])) {
-            n = 1;
-            owner = dv.keeper_consumer;
-        } else {
-            n = queue_jobs_read(q, consumer, DELIVER_BLOCK_MS, jobs, DELIVER_BATCH_MAX);
-        }
-        if (n < 0) {
-            nap(backoff);
-            backoff = backoff * 2 > DELIVER_BACKOFF_MAX_MS ? DELIVER_BACKOFF_MAX_MS : backoff * 2;
-            continue;
-        }
-        backoff = 100;
-        inflight_set(w, jobs, n, owner);
-        for (int i = 0; i < n; i++) {
-            if (jobs[i].reclaims > QUEUE_MAX_CLAIMS)
-                poison(q, &jobs[i]);
-            else
-                deliver_job(w, q, &jobs[i]);
-            queue_job_free(&jobs[i]);
-        }
-        inflight_set(w, NULL, 0, consumer);
+        int got = run_batch(w, q, jobs, n, consumer, next);
+        struct queue_job *t = jobs;
+        jobs = next;
+        next = t;
+        n = got;
+        inflight_put(w, jobs, n, consumer, 0);
+        if (n > 0)
+            worker_idle(w); /* between batches read back to back */
     }
     for (size_t i = 0; i < dv.nrelays; i++) {
         if (w->sessions[i])
@@ -633,8 +770,9 @@ static void *worker_main(void *arg)
 static void *keeper_main(void *arg)
 {
     char err[128];
+    pthread_setname_np(pthread_self(), "mg-keeper");
     struct queue *q = queue_open(dv.redis_url, err, sizeof(err));
-    struct queue_inflight *v = calloc((size_t)dv.nworkers * DELIVER_BATCH_MAX + 1, sizeof(*v));
+    struct queue_inflight *v = calloc((size_t)dv.nworkers * DELIVER_INFLIGHT_MAX + 1, sizeof(*v));
     int period = (int)(dv.claim_timeout_ms / 6);
     if (period < 100)
         period = 100;
@@ -669,6 +807,7 @@ static void *keeper_main(void *arg)
 static void *scheduler_main(void *arg)
 {
     char err[128];
+    pthread_setname_np(pthread_self(), "mg-schedule");
     struct queue *q = queue_open(dv.redis_url, err, sizeof(err));
     int backoff = 100;
     while (q && !atomic_load(&dv.stop)) {

@@ -78,6 +78,26 @@ TERMINAL_MESSAGE_STATUSES = {"delivered", "partially_delivered", "bounced",
 
 # ---------------------------------------------------------------- helpers
 
+def redis_monitor(port, stop, lines, started=None):
+    """Run Redis MONITOR on port until stop (a threading.Event) is set,
+    appending each line (bytes, without CRLF) to lines; started (an Event)
+    is set once the command is sent. For a thread: the caller stops it by
+    setting stop and sending any command to wake the reader."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"*1\r\n$7\r\nMONITOR\r\n")
+        f = s.makefile("rb")
+        if started is not None:
+            started.set()
+        while not stop.is_set():
+            try:
+                line = f.readline()
+            except OSError:
+                return
+            if not line:
+                return
+            lines.append(line.rstrip(b"\r\n"))
+
+
 def wait_until(fn, timeout=10, interval=0.05, desc=None):
     """Call fn until it returns a truthy value; return that value.
 

@@ -144,7 +144,9 @@ def test_poison_job_is_dead_lettered(redis, tmp_path, relay):
         state = state.decode() if isinstance(state, bytes) else state
         assert '"bounced"' in state and "internal_error" in state, state
         import requests
-        events = [e for e in redis.command("LRANGE", "mg:msg:%s:events" % mid, "0", "-1")]
+        # the message's list holds event ids; each JSON is mg:event:{id}
+        events = [redis.command("GET", b"mg:event:" + (e if isinstance(e, bytes) else e.encode()))
+                  for e in redis.command("LRANGE", "mg:msg:%s:events" % mid, "0", "-1")]
         assert any(b"internal_error" in (e if isinstance(e, bytes) else e.encode()) for e in events), events
         text = requests.get("http://127.0.0.1:%d/metrics" % port, timeout=10).text
         assert "mailgate_queue_dead 1" in text
