@@ -5,6 +5,7 @@
 #include "common/buf.h"
 #include "common/util.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <string.h>
 #include <unistd.h>
@@ -12,7 +13,9 @@
 static enum log_level log_min = LOG_INFO;
 
 /* Lines held by this thread between log_hold and log_release. */
-#define LOG_HOLD_MAX 16384 /* bytes held before they are written anyway */
+/* bytes held before they are written anyway: at most PIPE_BUF, so that
+ * one write(2) of held lines stays whole on a pipe (docker, systemd) */
+#define LOG_HOLD_MAX PIPE_BUF
 static _Thread_local struct buf held;
 static _Thread_local int held_on;
 

@@ -26,11 +26,13 @@ int log_parse_level(const char *s, enum log_level *out);
 void log_kv(enum log_level level, const char *event, ...);
 
 /* log_hold - from now on this thread's lines are kept in a thread-local
- * buffer (at most 16 KB; past that they are written at once) and written
- * together, with one write(2), by log_release: a request's or a batch's
+ * buffer (at most PIPE_BUF bytes, so that one write stays whole on a pipe;
+ * past that they are written at once) and written
+ * together, with one write(2), by log_release: a request's
  * lines then cost one system call. Lines of other threads never
- * interleave with them. Hold only around work that ends (a request, a
- * batch of deliveries), since held lines are late by that long. */
+ * interleave with them. Hold only around short work that never waits long
+ * (an API request), since held lines are late by that long and lost if
+ * the process dies meanwhile. */
 void log_hold(void);
 
 /* log_release - write the lines held since log_hold and stop holding. */

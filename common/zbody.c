@@ -60,7 +60,9 @@ static struct zstreams *zstreams(void)
 
 int zbody_packed(const char *p, size_t n)
 {
-    return n >= ZBODY_HEADER && memcmp(p, magic, sizeof(magic)) == 0;
+    /* the magic alone decides: a body cut short inside the header is a
+     * damaged packed body, not a message that begins with NUL */
+    return n >= sizeof(magic) && memcmp(p, magic, sizeof(magic)) == 0;
 }
 
 int zbody_pack(const char *in, size_t n, struct buf *out)
@@ -104,9 +106,11 @@ int zbody_unpack(const char *p, size_t n, size_t max, struct buf *out)
 {
     if (!zbody_packed(p, n))
         return 0;
+    if (n <= ZBODY_HEADER)
+        return -1;
     const unsigned char *u = (const unsigned char *)p;
     size_t len = (size_t)u[4] << 24 | (size_t)u[5] << 16 | (size_t)u[6] << 8 | (size_t)u[7];
-    if (len > max)
+    if (len == 0 || len > max) /* zbody_pack never packs an empty body */
         return -1;
     struct zstreams *z = zstreams();
     if (!z)

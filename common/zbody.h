@@ -29,7 +29,9 @@
  * (out is then empty), -1 when memory ran out. Thread-safe. */
 int zbody_pack(const char *in, size_t n, struct buf *out);
 
-/* zbody_packed - 1 when the n bytes at p are a packed body, else 0. */
+/* zbody_packed - 1 when the n bytes at p begin as a packed body does (the
+ * four magic bytes; whether the rest is sound is zbody_unpack's to say),
+ * else 0. */
 int zbody_packed(const char *p, size_t n);
 
 /* zbody_unpack - the original bytes of a packed body p (n bytes) into out

@@ -545,7 +545,8 @@ static int recheck_suppressed(struct gw_req *req, struct queue_rcpt *v, size_t n
  * round trip (queue_message_enqueue_checked). Recipients found suppressed
  * become "suppressed" (no job, and no personal copy: copies[i] is freed)
  * and the message is stored again without them, so a second round trip is
- * paid only when somebody is suppressed. 0, or -1 as queue_message_enqueue. */
+ * paid only when somebody is suppressed. 0, QUEUE_KEY_REVOKED (nothing
+ * stored), or -1 as queue_message_enqueue. */
 static int enqueue(struct queue *q, struct queue_new_message *qm, struct queue_rcpt *rcpts, struct buf *copies)
 {
     int *hit = calloc(qm->nrcpts ? qm->nrcpts : 1, sizeof(*hit));
@@ -958,11 +959,16 @@ void gw_send_object(struct gw_req *req, json_t *o, struct gw_resp *resp)
         .subject = s.subject, .tags = s.tags, .metadata = s.metadata,
         .mail_from = s.from.email, .rcpts = rcpts, .nrcpts = nr,
         .body = body.data, .bodylen = body.len, .due_ms = s.send_at_ms, .personal = personal,
+        .key_id = req->key.id,
     };
     /* An EXEC whose reply was lost (Redis went away) may have committed:
      * look before saying "nothing was queued", or a retrying client would
      * send the message twice. */
-    if (enqueue(req->q, &qm, rcpts, copies) < 0 && queue_message_exists(req->q, id) != 1) {
+    int qrc = enqueue(req->q, &qm, rcpts, copies);
+    if (qrc == QUEUE_KEY_REVOKED) {
+        /* revoked after this process cached it: nothing was queued */
+        gw_error(resp, 401, "unauthorized", NULL, "unknown or revoked API key");
+    } else if (qrc < 0 && queue_message_exists(req->q, id) != 1) {
         gw_error(resp, 503, "unavailable", NULL, "the queue store (Redis) is unavailable; nothing was queued");
         util_strlcpy(resp->retry_after, "5", sizeof(resp->retry_after));
     } else {

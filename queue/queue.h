@@ -205,6 +205,8 @@ struct queue_new_message {
     int64_t due_ms;            /* 0: send now; else scheduled for then */
     int personal;              /* 1: each recipient that is not suppressed has its
                                   own copy (rcpts[i].body) and its own job */
+    const char *key_id;        /* the API key the send came with, or NULL: the checked
+                                  enqueue stores nothing when it no longer exists */
 };
 
 /* queue_event_new - a new event object {id, type, created_at, message_id,
@@ -226,10 +228,15 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m);
  * is listed, touches the guard, then MULTI ... EXEC with every write done
  * as if none were: Redis aborts that EXEC when a watched key changed, so a
  * hit (or a suppression added meanwhile, then retried here) writes nothing.
+ * The same script checks that m->key_id (when set) still exists, so that
+ * a key revoked a moment ago sends nothing even if this process's cache
+ * (queue_cache.c) has not yet heard of it.
  * Returns 0 when stored; 1 when hit (m->nrcpts ints, caller's) marks the
  * recipients found suppressed and nothing was stored: set their status
- * (and drop their personal copies), then call again; -1 on error (the EXEC
+ * (and drop their personal copies), then call again; QUEUE_KEY_REVOKED
+ * when the key is gone (nothing stored: answer 401); -1 on error (the EXEC
  * may have committed: ask queue_message_exists). */
+#define QUEUE_KEY_REVOKED 3
 int queue_message_enqueue_checked(struct queue *q, const struct queue_new_message *m, int *hit);
 
 /* queue_message_exists - 1 when the message record exists, 0 when not,

@@ -233,12 +233,17 @@ int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
 }
 
 /* The suppression guard, run between WATCH and MULTI. KEYS[1] mg:supp:{t},
- * KEYS[2] mg:guard:{id}; ARGV[1] the guard's TTL (ms), ARGV[2..] the
- * lower-cased addresses. Returns the 0-based places (in ARGV[2..]) of the
- * suppressed ones; when there are any it touches the guard, which the
- * caller WATCHes, so that the EXEC that follows writes nothing. HMGET in
- * slices: unpack() has a limit on the values it can return. */
+ * KEYS[2] mg:guard:{id}, KEYS[3] the sender's mg:key:{id} ("" for none);
+ * ARGV[1] the guard's TTL (ms), ARGV[2..] the lower-cased addresses.
+ * Returns -1 when the key is gone (revoked), else the 0-based places (in
+ * ARGV[2..]) of the suppressed ones; in both cases it touches the guard,
+ * which the caller WATCHes, so that the EXEC that follows writes nothing.
+ * HMGET in slices: unpack() has a limit on the values it can return. */
 static const char guard_lua[] =
+    "if KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 0 then\n"
+    "  redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])\n"
+    "  return -1\n"
+    "end\n"
     "local hits = {}\n"
     "for s = 2, #ARGV, 1000 do\n"
     "  local v = redis.call('HMGET', KEYS[1], unpack(ARGV, s, math.min(s + 999, #ARGV)))\n"
@@ -252,16 +257,18 @@ static const char guard_lua[] =
 
 /* guarded_once - one WATCH / guard / MULTI ... EXEC pipeline. 0 stored,
  * 1 hits (in hit), 2 aborted without a hit (mg:supp changed meanwhile:
- * try again), -1 error. */
+ * try again), QUEUE_KEY_REVOKED, -1 error. */
 static int guarded_once(struct queue *q, const struct queue_new_message *m, int *hit)
 {
-    char supp[128], guard[128];
+    char supp[128], guard[128], key[128] = "";
     snprintf(supp, sizeof(supp), "mg:supp:%s", m->tenant);
     snprintf(guard, sizeof(guard), "mg:guard:%s", m->id);
+    if (m->key_id && *m->key_id)
+        snprintf(key, sizeof(key), "mg:key:%s", m->key_id);
     size_t n = 0;
     for (size_t i = 0; i < m->nrcpts; i++)
         n += strcmp(m->rcpts[i].status, "suppressed") != 0;
-    const char **argv = calloc(n + 6, sizeof(*argv));
+    const char **argv = calloc(n + 7, sizeof(*argv));
     size_t *at = calloc(n + 1, sizeof(*at));         /* checked place -> recipient */
     char (*keys)[Q_SUPP_EMAIL_MAX + 1] = calloc(n + 1, sizeof(*keys));
     if (!argv || !at || !keys) {
@@ -273,9 +280,10 @@ static int guarded_once(struct queue *q, const struct queue_new_message *m, int 
     int argc = 0;
     argv[argc++] = "EVAL";
     argv[argc++] = guard_lua;
-    argv[argc++] = "2";
+    argv[argc++] = "3";
     argv[argc++] = supp;
     argv[argc++] = guard;
+    argv[argc++] = key;
     argv[argc++] = GUARD_TTL_MS;
     for (size_t i = 0, k = 0; i < m->nrcpts; i++) {
         if (!strcmp(m->rcpts[i].status, "suppressed"))
@@ -312,6 +320,8 @@ static int guarded_once(struct queue *q, const struct queue_new_message *m, int 
             if (g->type != REDIS_REPLY_ARRAY || nhit)
                 log_kv(LOG_ERROR, "suppression_guard_failed", "message_id", m->id, "reply",
                        g->type == REDIS_REPLY_ERROR ? g->str : "hits after commit", NULL);
+        } else if (x->type == REDIS_REPLY_NIL && g->type == REDIS_REPLY_INTEGER && g->integer == -1) {
+            rc = QUEUE_KEY_REVOKED;
         } else if (x->type == REDIS_REPLY_NIL && g->type == REDIS_REPLY_ARRAY) {
             rc = nhit ? 1 : 2;
         } else if (g->type == REDIS_REPLY_ERROR) {
@@ -326,11 +336,7 @@ static int guarded_once(struct queue *q, const struct queue_new_message *m, int 
 int queue_message_enqueue_checked(struct queue *q, const struct queue_new_message *m, int *hit)
 {
     memset(hit, 0, m->nrcpts * sizeof(*hit));
-    size_t open = 0;
-    for (size_t i = 0; i < m->nrcpts; i++)
-        open += strcmp(m->rcpts[i].status, "suppressed") != 0;
-    if (open == 0)
-        return queue_message_enqueue(q, m); /* nobody left to check */
+    /* with every recipient suppressed the guard still checks the key */
     for (int tries = 0; tries < GUARD_TRIES; tries++) {
         int rc = guarded_once(q, m, hit);
         if (rc != 2)

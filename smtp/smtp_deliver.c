@@ -674,7 +674,6 @@ static int run_batch(struct worker *w, struct queue *q, struct queue_job *jobs, 
     struct queue_read rd = {.consumer = consumer, .block_ms = DELIVER_BLOCK_MS, .out = next,
                             .max = batch_size(w), .n = -1};
     struct queue_rec *rec = queue_jobs_rec_begin(q, &rd);
-    log_hold(); /* the batch's delivery lines in one write, before any wait */
     for (int i = 0; i < n; i++) {
         uint64_t t0 = hist_clock_us();
         if (jobs[i].reclaims > QUEUE_MAX_CLAIMS)
@@ -685,7 +684,6 @@ static int run_batch(struct worker *w, struct queue *q, struct queue_job *jobs, 
         merge_outcomes(&f[i], jobs, d, i + 1, n);
         queue_jobs_rec_add(rec, &f[i]);
     }
-    log_release();
     /* Read on in the same round trip unless the loop would not read next. */
     int again = !atomic_load(&dv.stop) && worker_can_send(w) && !reclaimed_waiting();
     queue_jobs_rec_end(rec, again);

@@ -52,6 +52,27 @@ def test_revoked_key_is_refused_on_the_next_request(gateway, redis):
     assert gateway.client.send(body()).status_code == 401
 
 
+def test_send_with_a_key_revoked_a_moment_ago_queues_nothing(gateway, redis, api_key):
+    """The invalidation reaches the cache asynchronously, so a request that
+    follows a revoke within microseconds may still find the key cached;
+    a send must still be refused: the enqueue re-checks the key in its own
+    round trip. Revoked the way `key revoke` does it (DEL of the record),
+    straight from this process so the next request follows at once."""
+    cache_live(gateway.mg)
+    for i in range(40):
+        key = api_key("acme")
+        c = gateway.mg.client(key)
+        for _ in range(2):
+            c.send_ok(body())  # now cached
+        before = redis.command("ZCARD", "mg:tenant:acme:messages")
+        assert redis.command("DEL", "mg:key:" + key_id(key)) == 1
+        for n in range(3):
+            r = c.send(body(to=("r%d-%d@example.com" % (i, n),)))
+            assert r.status_code == 401, (i, n, r.status_code, r.text)
+        assert redis.command("ZCARD", "mg:tenant:acme:messages") == before, i
+        assert redis.command("EXISTS", "mg:msgi:acme:rcpt:r%d-0@example.com" % i) == 0
+
+
 def test_tenant_setting_applies_to_the_next_request(gateway, redis):
     warm(gateway)
     c = gateway.client

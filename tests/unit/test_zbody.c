@@ -95,7 +95,7 @@ static void test_plain_bodies_are_left_alone(void **state)
     const char *plain = "From: a@example.com\r\n\r\nhello\r\n";
     assert_int_equal(zbody_packed(plain, strlen(plain)), 0);
     assert_int_equal(zbody_unpack(plain, strlen(plain), 1000, &out), 0);
-    assert_int_equal(zbody_unpack("\0MZ", 3, 1000, &out), 0); /* too short to be packed */
+    assert_int_equal(zbody_unpack("\0MZ", 3, 1000, &out), 0); /* not even the magic */
     assert_null(out.data);
     buf_free(&out);
 }
@@ -119,6 +119,12 @@ static void test_damage_is_refused(void **state)
     assert_int_equal(zbody_unpack(bad, z.len, 100000, &out), -1);
     bad[7] = (char)(bad[7] - 2);
     assert_int_equal(zbody_unpack(bad, z.len, 100000, &out), -1);
+    /* the magic with nothing (or no data) after it, and an empty body */
+    assert_int_equal(zbody_unpack(z.data, 4, 100000, &out), -1);
+    assert_int_equal(zbody_unpack(z.data, 6, 100000, &out), -1);
+    assert_int_equal(zbody_unpack(z.data, ZBODY_HEADER, 100000, &out), -1);
+    static const char empty[] = {0, 'M', 'Z', '1', 0, 0, 0, 0, 3, 0}; /* raw DEFLATE of "" */
+    assert_int_equal(zbody_unpack(empty, sizeof(empty), 100000, &out), -1);
     /* garbage after the header */
     memcpy(bad, z.data, z.len);
     memset(bad + ZBODY_HEADER, 0xff, z.len - ZBODY_HEADER);
