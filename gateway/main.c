@@ -33,8 +33,8 @@ static void help(FILE *f)
             MAILGATE_VERSION);
 }
 
-/* check_redis - refuse to start on a Redis that may evict keys: eviction
- * silently deletes queued mail. An unreachable Redis is not fatal here
+/* check_redis - refuse to start on a Redis older than 7.0 or one that may
+ * evict keys: eviction silently deletes queued mail. An unreachable Redis is not fatal here
  * (the API answers 503 and senders reconnect until it is back). */
 static int check_redis(const struct gw_config *c)
 {
@@ -44,7 +44,13 @@ static int check_redis(const struct gw_config *c)
         fprintf(stderr, "mailgate: MAILGATE_REDIS_URL: %s\n", err);
         return -1;
     }
-    int rc = 0;
+    int rc = 0, major = 0, minor = 0;
+    if (queue_redis_version(q, &major, &minor) == 0 && major < QUEUE_REDIS_MIN_MAJOR) {
+        fprintf(stderr, "mailgate: Redis %d.%d is too old; mailgate needs Redis %d.0 or later\n", major, minor,
+                QUEUE_REDIS_MIN_MAJOR);
+        queue_close(q);
+        return -1;
+    }
     if (queue_maxmemory_policy(q, policy, sizeof(policy)) < 0) {
         log_kv(LOG_WARN, "redis_unreachable_at_start", "reason", "will retry; the API answers 503 until then", NULL);
     } else if (strcmp(policy, "noeviction") != 0) {

@@ -121,6 +121,13 @@ int queue_url_check(const char *url, char *err, size_t errlen);
  * Returns 0 or -1. */
 int queue_maxmemory_policy(struct queue *q, char *out, size_t outlen);
 
+/* queue_redis_version - the server's version (INFO server, redis_version)
+ * as major and minor. Returns 0, or -1 when unreachable or unreadable. */
+int queue_redis_version(struct queue *q, int *major, int *minor);
+
+/* The oldest Redis mailgate runs on: the scripts use PEXPIRE ... GT (7.0). */
+#define QUEUE_REDIS_MIN_MAJOR 7
+
 /* ---- API keys and tenants (queue_keys.c) ------------------------------ */
 
 struct queue_key_info {

@@ -23,6 +23,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -764,6 +765,19 @@ int queue_maxmemory_policy(struct queue *q, char *out, size_t outlen)
         util_strlcpy(out, r->element[1]->str, outlen);
         rc = 0;
     }
+    freeReplyObject(r);
+    return rc;
+}
+
+int queue_redis_version(struct queue *q, int *major, int *minor)
+{
+    redisReply *r = q_cmd(q, "INFO server");
+    if (!r)
+        return -1;
+    int rc = -1;
+    const char *v = r->type == REDIS_REPLY_STRING ? strstr(r->str, "redis_version:") : NULL;
+    if (v && sscanf(v + strlen("redis_version:"), "%d.%d", major, minor) == 2)
+        rc = 0;
     freeReplyObject(r);
     return rc;
 }

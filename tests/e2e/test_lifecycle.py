@@ -3,9 +3,12 @@ graceful shutdown on SIGTERM (new sends refused with 503 while the
 in-flight transaction finishes, exit status 0, nothing lost) and the
 start-up refusal on a Redis whose maxmemory-policy may evict queued mail."""
 
+import hashlib
 import os
 import signal
+import socket
 import subprocess
+import threading
 
 from conftest import MAILGATE_BIN, base_env, json_of, wait_until
 
@@ -44,6 +47,61 @@ def test_refuses_redis_that_may_evict(redis, tmp_path):
     assert p.returncode != 0
     assert "maxmemory-policy" in p.stderr and "noeviction" in p.stderr
     redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+
+
+def _old_redis(listener, stop):
+    """A stand-in for a Redis 6.2 on listener: INFO says 6.2.14, SCRIPT
+    LOAD answers the script's SHA1, CONFIG GET says noeviction, anything
+    else +OK. Enough for mailgate's start-up checks, nothing more."""
+    def bulk(b):
+        return b"$%d\r\n%s\r\n" % (len(b), b)
+
+    def serve(conn):
+        f = conn.makefile("rb")
+        with conn:
+            while not stop.is_set():
+                head = f.readline()
+                if not head.startswith(b"*"):
+                    return
+                args = []
+                for _ in range(int(head[1:])):
+                    n = int(f.readline()[1:])
+                    args.append(f.read(n + 2)[:-2])
+                cmd = [a.upper() for a in args[:2]]
+                if cmd[0] == b"INFO":
+                    out = bulk(b"# Server\r\nredis_version:6.2.14\r\n")
+                elif cmd == [b"SCRIPT", b"LOAD"]:
+                    out = bulk(hashlib.sha1(args[2]).hexdigest().encode())
+                elif cmd[0] == b"CONFIG":
+                    out = b"*2\r\n" + bulk(b"maxmemory-policy") + bulk(b"noeviction")
+                else:
+                    out = b"+OK\r\n"
+                conn.sendall(out)
+
+    listener.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            continue
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def test_refuses_redis_older_than_7(tmp_path):
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    t = threading.Thread(target=_old_redis, args=(listener, stop), daemon=True)
+    t.start()
+    try:
+        url = "redis://127.0.0.1:%d/0" % listener.getsockname()[1]
+        env = dict(base_env(url), MAILGATE_LISTEN="127.0.0.1:0")
+        p = subprocess.run([MAILGATE_BIN, "serve"], env=env, capture_output=True, text=True, timeout=20)
+        assert p.returncode != 0
+        assert "Redis 6.2 is too old" in p.stderr and "7.0 or later" in p.stderr, p.stderr
+    finally:
+        stop.set()
+        t.join(5)
+        listener.close()
 
 
 def test_bad_configuration_names_the_variable(redis):
