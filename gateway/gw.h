@@ -29,6 +29,8 @@
 struct gw_config {
     char listen[256];          /* MAILGATE_LISTEN host:port */
     char admin_listen[256];    /* MAILGATE_ADMIN_LISTEN or "" */
+    int admin_only;            /* this HTTP server is the sender's admin listener:
+                                  /healthz, /readyz, /metrics and nothing else */
     char redis_url[1024];      /* MAILGATE_REDIS_URL */
     char relays[4096];         /* MAILGATE_RELAYS or "" */
     char helo[256];            /* MAILGATE_HELO_NAME */

@@ -546,9 +546,22 @@ static void idempotent_call(const struct gw_route *r, struct gw_req *req, struct
 }
 
 /* route - dispatch one complete request through the table. */
+/* admin_path - 1 for the paths the sender's admin listener serves. */
+static int admin_path(const char *path)
+{
+    return !strcmp(path, "/healthz") || !strcmp(path, "/readyz") || !strcmp(path, "/metrics");
+}
+
 static void route(struct gw_req *req, struct gw_resp *resp)
 {
     const char *m = !strcmp(req->method, "HEAD") ? "GET" : req->method;
+    /* The sender role's MAILGATE_ADMIN_LISTEN is for probes and scrapes:
+     * it must never become a second, unadvertised door to the API. */
+    if (gw_cfg->admin_only && !admin_path(req->path)) {
+        gw_error(resp, 404, "not_found", NULL, "this is a sender's admin listener: it serves only /healthz, "
+                                               "/readyz and /metrics");
+        return;
+    }
     char arg[GW_TRACK_TOKEN_MAX + 1]; /* a click token is the longest segment */
     const struct gw_route *path_known = NULL;
     for (const struct gw_route *r = routes; r->method; r++) {

@@ -458,9 +458,16 @@ static int validate(struct send *s, json_t *o)
         if (!json_is_string(at) || util_parse_rfc3339(json_string_value(at), &s->send_at_ms) < 0)
             return fail(s, "send_at", "%smust be an RFC 3339 date-time such as 2026-12-01T09:00:00Z", "");
         if (s->send_at_ms > util_now_ms() + s->req->cfg->send_at_horizon_ms) {
-            char h[32];
-            snprintf(h, sizeof(h), "%lld", (long long)(s->req->cfg->send_at_horizon_ms / 3600000));
-            return fail(s, "send_at", "may be at most %s hours ahead (MAILGATE_SEND_AT_HORIZON)", h);
+            /* the horizon in the largest unit that states it exactly */
+            long long ms = (long long)s->req->cfg->send_at_horizon_ms;
+            static const struct { long long ms; const char *unit; } units[] = {
+                {86400000LL, "days"}, {3600000LL, "hours"}, {60000LL, "minutes"}, {1000LL, "seconds"}, {1, "ms"}};
+            size_t u = 0;
+            while (u + 1 < sizeof(units) / sizeof(*units) && ms % units[u].ms)
+                u++;
+            char h[48];
+            snprintf(h, sizeof(h), "%lld %s", ms / units[u].ms, units[u].unit);
+            return fail(s, "send_at", "may be at most %s ahead (MAILGATE_SEND_AT_HORIZON)", h);
         }
         if (s->send_at_ms <= util_now_ms())
             s->send_at_ms = 0;

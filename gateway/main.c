@@ -107,8 +107,10 @@ static int serve(const struct gw_config *c, int argc, char **argv)
         return 1;
     }
     struct gw_config http = *c;
-    if (!api) /* sender: health and metrics only, when asked for */
+    if (!api) { /* sender: health and metrics only, when asked for */
         snprintf(http.listen, sizeof(http.listen), "%s", c->admin_listen);
+        http.admin_only = 1;
+    }
     if ((api || http.listen[0]) && gw_http_start(&http) < 0) {
         queue_cache_stop();
         return 1;

@@ -87,3 +87,17 @@ def test_send_at_validation(gateway):
     for bad in ["tomorrow", "2026-13-01T00:00:00Z", rfc3339(datetime.now(timezone.utc) + timedelta(days=31))]:
         r = c.send(msg("x@example.com", send_at=bad))
         assert r.status_code == 422 and json_of(r)["error"]["field"] == "send_at", (bad, r.text)
+    # past the horizon, the answer says what the horizon is (default 30 days)
+    assert "at most 30 days ahead" in json_of(r)["error"]["message"], r.text
+
+
+def test_send_at_horizon_is_stated_in_its_own_unit(relay, mailgate, api_key):
+    """A horizon that is not a whole number of hours is not rounded to
+    "0 hours" in the 422."""
+    mg = mailgate(relay(name="relay1"), env={"MAILGATE_SEND_AT_HORIZON": "2m"})
+    c = mg.client(api_key("acme"))
+    r = c.send(msg("x@example.com", send_at=rfc3339(datetime.now(timezone.utc) + timedelta(minutes=5))))
+    assert r.status_code == 422 and json_of(r)["error"]["field"] == "send_at", r.text
+    assert "at most 2 minutes ahead" in json_of(r)["error"]["message"], r.text
+    ok = c.send(msg("x@example.com", send_at=rfc3339(datetime.now(timezone.utc) + timedelta(seconds=60))))
+    assert ok.status_code == 202, ok.text

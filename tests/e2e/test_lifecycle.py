@@ -10,7 +10,9 @@ import socket
 import subprocess
 import threading
 
-from conftest import MAILGATE_BIN, base_env, json_of, wait_until
+import requests
+
+from conftest import START_TIMEOUT, MAILGATE_BIN, Proc, base_env, free_port, json_of, wait_until
 
 BODY = {"from": "Acme <noreply@acme.example>", "to": ["ann@example.com"], "subject": "Slow", "text": "x"}
 
@@ -102,6 +104,38 @@ def test_refuses_redis_older_than_7(tmp_path):
         stop.set()
         t.join(5)
         listener.close()
+
+
+def test_sender_admin_listener_serves_probes_only(redis, api_key, tmp_path):
+    """MAILGATE_ADMIN_LISTEN of --role sender answers /healthz, /readyz and
+    /metrics; the API (sends, reads, templates, tracking) is not there,
+    even with a valid key."""
+    key = api_key("acme")
+    port = free_port()
+    env = dict(base_env(redis.url), MAILGATE_ADMIN_LISTEN="127.0.0.1:%d" % port,
+               MAILGATE_RELAYS="smtp://127.0.0.1:9?tls=none")
+    proc = Proc([MAILGATE_BIN, "serve", "--role", "sender"], tmp_path / "sender.stderr", env=env)
+    base = "http://127.0.0.1:%d" % port
+    try:
+        def up():
+            try:
+                return requests.get(base + "/healthz", timeout=2).status_code == 200
+            except requests.RequestException:
+                return None
+        wait_until(up, timeout=START_TIMEOUT, desc="sender admin /healthz")
+        assert requests.get(base + "/readyz", timeout=5).status_code == 200
+        assert "mailgate_" in requests.get(base + "/metrics", timeout=5).text
+        auth = {"Authorization": "Bearer " + key}
+        body = {"from": "a@example.com", "to": ["b@example.com"], "subject": "s", "text": "t"}
+        for method, path, kw in [("POST", "/v1/messages", {"json": body}), ("GET", "/v1/messages", {}),
+                                 ("GET", "/v1/events", {}), ("GET", "/v1/templates", {}),
+                                 ("GET", "/v1/openapi.yaml", {}), ("GET", "/t/o/x", {})]:
+            r = requests.request(method, base + path, headers=auth, timeout=5, **kw)
+            assert r.status_code == 404, (method, path, r.status_code, r.text)
+            assert json_of(r)["error"]["type"] == "not_found"
+        assert redis.command("EXISTS", "mg:tenant:acme:messages") == 0  # nothing was queued
+    finally:
+        proc.stop()
 
 
 def test_bad_configuration_names_the_variable(redis):
