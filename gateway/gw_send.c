@@ -549,7 +549,7 @@ static int recheck_suppressed(struct gw_req *req, struct queue_rcpt *v, size_t n
 }
 
 /* enqueue - store the message with the suppression check in the same
- * round trip (queue_message_enqueue_checked). Recipients found suppressed
+ * round trip (queue_message_enqueue). Recipients found suppressed
  * become "suppressed" (no job, and no personal copy: copies[i] is freed)
  * and the message is stored again without them, so a second round trip is
  * paid only when somebody is suppressed. 0, QUEUE_KEY_REVOKED (nothing
@@ -561,7 +561,7 @@ static int enqueue(struct queue *q, struct queue_new_message *qm, struct queue_r
         return -1;
     int rc;
     /* each pass marks at least one more recipient, so this ends */
-    while ((rc = queue_message_enqueue_checked(q, qm, hit)) == 1) {
+    while ((rc = queue_message_enqueue(q, qm, hit)) == 1) {
         for (size_t i = 0; i < qm->nrcpts; i++) {
             if (!hit[i])
                 continue;

@@ -57,7 +57,7 @@
  *   mg:open                    zset  ids of messages with a recipient not yet terminal,
  *                                     by created_at ms (the oldest is the queue's age)
  *   mg:guard:{id}              string set (10 s) by the suppression guard of an enqueue
- *                                     (queue_message_enqueue_checked) when a recipient is
+ *                                     (queue_message_enqueue) when a recipient is
  *                                     suppressed: it is WATCHed, so the EXEC is aborted
  *   mg:secret                  string 32 random bytes: the key of tracking tokens when
  *                                     MAILGATE_SECRET is unset (SET NX: made once, shared)
@@ -225,26 +225,23 @@ json_t *queue_event_new(const char *type, const char *msg_id, const char *rcpt, 
  * (or "suppressed") event per recipient, and the job (or the delayed job),
  * in one MULTI/EXEC: all or nothing. With m->personal, recipient i's copy
  * is stored as mg:msg:{id}:body:{i+1} and gets a job of its own (field b).
- * Returns 0 or -1. */
-int queue_message_enqueue(struct queue *q, const struct queue_new_message *m);
-
-/* queue_message_enqueue_checked - queue_message_enqueue with the
- * suppression check in the same one round trip: WATCH mg:guard:{id} and
- * mg:supp:{t}, a guard script that looks up the recipients whose status is
- * not already "suppressed" (lower-cased, as queue_supp_check) and, when any
- * is listed, touches the guard, then MULTI ... EXEC with every write done
- * as if none were: Redis aborts that EXEC when a watched key changed, so a
- * hit (or a suppression added meanwhile, then retried here) writes nothing.
- * The same script checks that m->key_id (when set) still exists, so that
- * a key revoked a moment ago sends nothing even if this process's cache
- * (queue_cache.c) has not yet heard of it.
+ * The suppression check rides in the same one round trip: WATCH
+ * mg:guard:{id} and mg:supp:{t}, a guard script that looks up the
+ * recipients whose status is not already "suppressed" (lower-cased, as
+ * queue_supp_check) and, when any is listed, touches the guard, then the
+ * MULTI ... EXEC with every write done as if none were: Redis aborts that
+ * EXEC when a watched key changed, so a hit (or a suppression added
+ * meanwhile, then retried here) writes nothing. The same script checks
+ * that m->key_id (when set) still exists, so that a key revoked a moment
+ * ago sends nothing even if this process's cache (queue_cache.c) has not
+ * yet heard of it.
  * Returns 0 when stored; 1 when hit (m->nrcpts ints, caller's) marks the
  * recipients found suppressed and nothing was stored: set their status
  * (and drop their personal copies), then call again; QUEUE_KEY_REVOKED
  * when the key is gone (nothing stored: answer 401); -1 on error (the EXEC
  * may have committed: ask queue_message_exists). */
 #define QUEUE_KEY_REVOKED 3
-int queue_message_enqueue_checked(struct queue *q, const struct queue_new_message *m, int *hit);
+int queue_message_enqueue(struct queue *q, const struct queue_new_message *m, int *hit);
 
 /* queue_message_exists - 1 when the message record exists, 0 when not,
  * -1 when Redis cannot say. Used after an EXEC whose reply was lost: the

@@ -221,17 +221,6 @@ static void enqueue_cmds(struct q_pipe *p, const struct queue_new_message *m)
     json_decref(job_rcpts);
 }
 
-int queue_message_enqueue(struct queue *q, const struct queue_new_message *m)
-{
-    struct q_pipe p;
-    q_pipe_begin(&p, q);
-    enqueue_cmds(&p, m);
-    redisReply **r = q_pipe_end(&p);
-    int ok = q_exec_ok(r, p.n);
-    q_replies_free(r, p.n);
-    return ok ? 0 : -1;
-}
-
 /* The suppression guard, run between WATCH and MULTI. KEYS[1] mg:supp:{t},
  * KEYS[2] mg:guard:{id}, KEYS[3] the sender's mg:key:{id} ("" for none);
  * ARGV[1] the guard's TTL (ms), ARGV[2..] the lower-cased addresses.
@@ -333,7 +322,7 @@ static int guarded_once(struct queue *q, const struct queue_new_message *m, int 
     return rc;
 }
 
-int queue_message_enqueue_checked(struct queue *q, const struct queue_new_message *m, int *hit)
+int queue_message_enqueue(struct queue *q, const struct queue_new_message *m, int *hit)
 {
     memset(hit, 0, m->nrcpts * sizeof(*hit));
     /* with every recipient suppressed the guard still checks the key */
