@@ -49,52 +49,15 @@ if [ -z "${MAILGATE_BIN:-}" ]; then
 fi
 
 WORK=$(mktemp -d /tmp/mailgate-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    local rc=$?
-    local i
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        kill "${PIDS[i]}" 2>/dev/null || true
-    done
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        # bounded: SIGKILL whatever has not gone after 5 s
-        for _ in $(seq 50); do kill -0 "${PIDS[i]}" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "${PIDS[i]}" 2>/dev/null || true
-        wait "${PIDS[i]}" 2>/dev/null || true
-    done
-    if [ "${KEEP:-0}" = 1 ] || [ $rc -ne 0 ]; then
-        echo "logs kept in $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-    exit $rc
-}
+# process handling (PIDS, cleanup, forget, stop), now/cpu/sub, wait_port:
+# shared with suite.sh and soak.sh
+source "$HERE/lib.sh"
+HELPER="$HERE/mgbench.py"   # lib.sh names suite.py; this script uses mgbench.py
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# forget PID - drop a reaped process from PIDS, so that cleanup never
-# signals a PID that may have been reused
-forget() {
-    local keep=() p
-    for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-now() { date +%s.%N; }
-# cpu PID - user+system CPU seconds the process has used so far
-cpu() { awk -v t="$(getconf CLK_TCK)" '{ split($0, a, ") "); split(a[2], f, " "); printf "%.2f", (f[12] + f[13]) / t }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # ccpu - CPU seconds used by this shell's waited-for children so far
 ccpu() { awk -v t="$(getconf CLK_TCK)" '{ split($0, a, ") "); split(a[2], f, " "); printf "%.2f", (f[14] + f[15]) / t }' "/proc/$$/stat"; }
-sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a - b }'; }
-
-# wait_port PORT - until something accepts on 127.0.0.1:PORT (10 s at most)
-wait_port() {
-    for _ in $(seq 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "drain.sh: nothing listening on port $1" >&2
-    return 1
-}
 
 # ceiling LABEL - smtp-source, POOL persistent sessions, COUNT messages of
 # the same bytes, against the same sink; sets ceil_s (seconds)
